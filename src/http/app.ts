@@ -1,0 +1,67 @@
+import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { newUlid } from '../core/ids.js';
+import type { Runtime } from '../runtime.js';
+import { VERSION } from '../version.js';
+import { errorsPlugin } from './plugins/errors.js';
+import { metricsPlugin } from './plugins/metrics.js';
+import { openapiPlugin } from './plugins/openapi.js';
+import { securityHeadersPlugin } from './plugins/security-headers.js';
+import { registerTenantBinding } from './plugins/tenant-binding.js';
+import { healthRoutes } from './routes/health.js';
+import { loginOptionsRoutes } from './routes/login-options.js';
+
+export interface BuildAppOptions {
+  runtime: Runtime;
+  /** TLS material; absent in tests that use `app.inject()`. The server never listens without it. */
+  https?: { cert: string | Buffer; key: string | Buffer };
+  /** Whether the process is draining (readiness answers 503). */
+  isShuttingDown?: () => boolean;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._-]{1,64}$/;
+
+/**
+ * Builds the Fastify app without listening: `serve` listens on it, tests call
+ * `app.inject()`. Plugin order matters: errors and headers first, OpenAPI
+ * before the routes it documents, then routes — tenant routes inside one
+ * encapsulated scope whose binding hook runs before any of their handlers.
+ */
+export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> {
+  const { runtime } = opts;
+  const serverOptions: FastifyServerOptions & { https?: { cert: string | Buffer; key: string | Buffer } } = {
+    loggerInstance: runtime.logger,
+    bodyLimit: runtime.config.bodyLimitBytes,
+    trustProxy: runtime.config.trustedProxies.length > 0 ? [...runtime.config.trustedProxies] : false,
+    genReqId: (req) => {
+      const given = req.headers['x-request-id'];
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : newUlid();
+    },
+    // Request lines carry the request id as `requestId`; probes are not logged.
+    logController: new LogController({
+      requestIdLogLabel: 'requestId',
+      disableRequestLogging: (req) => req.url === '/healthz' || req.url === '/readyz' || req.url === '/metrics',
+    }),
+    return503OnClosing: true,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true, allErrors: false } },
+  };
+  if (opts.https) serverOptions.https = opts.https;
+  const app = Fastify(serverOptions).withTypeProvider<TypeBoxTypeProvider>() as unknown as FastifyInstance;
+
+  await app.register(errorsPlugin);
+  await app.register(securityHeadersPlugin);
+  await app.register(metricsPlugin);
+  await app.register(openapiPlugin, { version: VERSION });
+
+  healthRoutes(app, { storage: runtime.storage, isShuttingDown: opts.isShuttingDown ?? (() => false) });
+
+  await app.register(
+    async (tenantScope) => {
+      registerTenantBinding(tenantScope, { tenants: runtime.tenants, storage: runtime.storage, clock: runtime.clock });
+      loginOptionsRoutes(tenantScope);
+    },
+    { prefix: '/api/v1' },
+  );
+
+  return app;
+}

@@ -1,0 +1,53 @@
+import { readFile } from 'node:fs/promises';
+import type { FastifyInstance } from 'fastify';
+import { CustosError } from '../core/errors.js';
+import type { Runtime } from '../runtime.js';
+import { buildApp } from './app.js';
+
+export interface RunningServer {
+  app: FastifyInstance;
+  url: string;
+  /** Stops accepting, lets in-flight requests finish (up to the shutdown timeout), closes storage. */
+  stop(): Promise<void>;
+}
+
+async function readTls(runtime: Runtime): Promise<{ cert: Buffer; key: Buffer }> {
+  const { tlsCert, tlsKey } = runtime.config;
+  try {
+    return { cert: await readFile(tlsCert), key: await readFile(tlsKey) };
+  } catch {
+    throw new CustosError('invalid_configuration', `cannot read the TLS certificate ${tlsCert} or key ${tlsKey}; run custos init or pass --cert/--key`);
+  }
+}
+
+/** Starts the HTTPS server. There is no plain-HTTP listener. */
+export async function startServer(runtime: Runtime): Promise<RunningServer> {
+  let shuttingDown = false;
+  const app = await buildApp({ runtime, https: await readTls(runtime), isShuttingDown: () => shuttingDown });
+  await app.listen({ host: runtime.config.host, port: runtime.config.port });
+  const address = app.server.address();
+  const port = typeof address === 'object' && address ? address.port : runtime.config.port;
+  const host = runtime.config.host.includes(':') ? `[${runtime.config.host}]` : runtime.config.host;
+  let stopping: Promise<void> | undefined;
+  return {
+    app,
+    url: `https://${host}:${port}`,
+    stop() {
+      stopping ??= (async () => {
+        shuttingDown = true;
+        const timer = setTimeout(() => {
+          runtime.logger.warn('shutdown timeout reached; closing remaining connections');
+          app.server.closeAllConnections();
+        }, runtime.config.shutdownTimeoutMs);
+        timer.unref();
+        try {
+          await app.close();
+        } finally {
+          clearTimeout(timer);
+          await runtime.close();
+        }
+      })();
+      return stopping;
+    },
+  };
+}

@@ -1,0 +1,59 @@
+import type { Clock } from './core/clock.js';
+import { systemClock } from './core/clock.js';
+import type { Config } from './core/config.js';
+import type { Logger } from './core/logger.js';
+import { TenantService } from './ops/tenant-service.js';
+import { openStorage } from './storage/open.js';
+import type { Storage } from './storage/storage.js';
+
+/**
+ * The composition root: configuration, storage and the services built on it.
+ * The HTTP app and the CLI both work through one of these.
+ */
+export interface Runtime {
+  readonly config: Config;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly storage: Storage;
+  readonly tenants: TenantService;
+  close(): Promise<void>;
+}
+
+export interface OpenRuntimeOptions {
+  logger: Logger;
+  clock?: Clock;
+  /** Also bring every tenant store up to the current schema (serve, init, migrate). */
+  migrateTenants?: boolean;
+}
+
+/**
+ * Opens storage, applies control-plane migrations, finishes or undoes tenant
+ * lifecycle work a crashed process left, and optionally migrates every tenant.
+ */
+export async function openRuntime(config: Config, opts: OpenRuntimeOptions): Promise<Runtime> {
+  const clock = opts.clock ?? systemClock;
+  const storage = openStorage(config, clock);
+  try {
+    await storage.migrateControl();
+    const tenants = new TenantService({ storage, clock });
+    const recovered = await tenants.recover();
+    if (recovered.removed.length > 0 || recovered.finishedDeleting.length > 0) {
+      opts.logger.warn({ recovered }, 'finished tenant lifecycle work interrupted by a crash');
+    }
+    if (opts.migrateTenants) {
+      const report = await tenants.migrateAll();
+      if (report.applied > 0) opts.logger.info(report, 'migrated tenant stores');
+    }
+    return {
+      config,
+      clock,
+      logger: opts.logger,
+      storage,
+      tenants,
+      close: () => storage.close(),
+    };
+  } catch (err) {
+    await storage.close().catch(() => undefined);
+    throw err;
+  }
+}

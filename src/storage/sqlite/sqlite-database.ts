@@ -1,0 +1,47 @@
+import Database from 'better-sqlite3';
+import type { SqliteDatabase, SqliteStatement } from 'kysely';
+
+/** Statements kept prepared per connection; past this the oldest is dropped. */
+const STATEMENT_CACHE_SIZE = 256;
+
+/**
+ * Opens a SQLite file with Custos's durability settings: WAL journal with
+ * `synchronous=FULL` (no acknowledged commit is lost on power loss), foreign
+ * keys on, and a busy timeout so a CLI command and a running server can share
+ * the file.
+ */
+export function openSqliteFile(file: string, options: { readonly?: boolean; fileMustExist?: boolean } = {}): Database.Database {
+  const db = new Database(file, { readonly: options.readonly ?? false, fileMustExist: options.fileMustExist ?? false });
+  db.pragma('busy_timeout = 10000');
+  if (!options.readonly) db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = FULL');
+  db.pragma('foreign_keys = ON');
+  return db;
+}
+
+/**
+ * Wraps a better-sqlite3 handle for Kysely with a bounded prepared-statement
+ * cache: Kysely prepares every query afresh, which costs more than running it.
+ */
+export function cachingSqliteDatabase(db: Database.Database): SqliteDatabase & { raw: Database.Database } {
+  const cache = new Map<string, SqliteStatement>();
+  return {
+    raw: db,
+    close() {
+      cache.clear();
+      db.close();
+    },
+    prepare(sqlText: string): SqliteStatement {
+      let stmt = cache.get(sqlText);
+      if (stmt) {
+        cache.delete(sqlText);
+        cache.set(sqlText, stmt);
+        return stmt;
+      }
+      stmt = db.prepare(sqlText) as unknown as SqliteStatement;
+      cache.set(sqlText, stmt);
+      if (cache.size > STATEMENT_CACHE_SIZE) cache.delete(cache.keys().next().value!);
+      return stmt;
+    },
+  };
+}

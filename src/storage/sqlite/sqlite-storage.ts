@@ -1,0 +1,158 @@
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { Kysely, SqliteDialect, sql } from 'kysely';
+import { CustosError } from '../../core/errors.js';
+import { isId } from '../../core/ids.js';
+import type { Clock } from '../../core/clock.js';
+import { sqliteAdapter } from '../adapter.js';
+import { runMigrations } from '../migrations/migration.js';
+import { controlMigrations } from '../migrations/control/index.js';
+import { tenantMigrations } from '../migrations/tenant/index.js';
+import type { ControlDB, TenantDB } from '../schema.js';
+import type { MigrationReport, Storage, TenantStore, TenantStoreLocation } from '../storage.js';
+import { cachingSqliteDatabase, openSqliteFile } from './sqlite-database.js';
+
+/**
+ * Runs `fn` in a write transaction that takes SQLite's write lock up front
+ * (`BEGIN IMMEDIATE`), so two processes never deadlock upgrading a read lock.
+ * Kysely's SQLite driver has one connection guarded by a mutex: transactions
+ * of one process run one after another.
+ */
+export async function sqliteWriteTransaction<DB, T>(db: Kysely<DB>, fn: (db: Kysely<DB>) => Promise<T>): Promise<T> {
+  return db.connection().execute(async (conn) => {
+    await sql`begin immediate`.execute(conn);
+    let result: T;
+    try {
+      result = await fn(conn);
+    } catch (err) {
+      await sql`rollback`.execute(conn).catch(() => undefined);
+      throw err;
+    }
+    await sql`commit`.execute(conn);
+    return result;
+  });
+}
+
+function openKysely<DB>(file: string, fileMustExist: boolean): Kysely<DB> {
+  const database = cachingSqliteDatabase(openSqliteFile(file, { fileMustExist }));
+  return new Kysely<DB>({ dialect: new SqliteDialect({ database }) });
+}
+
+class SqliteTenantStore implements TenantStore {
+  readonly tenantId: string;
+  readonly #storage: SqliteStorage;
+  constructor(storage: SqliteStorage, tenantId: string) {
+    this.#storage = storage;
+    this.tenantId = tenantId;
+  }
+  transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
+    return sqliteWriteTransaction(this.#storage.openTenant(this.tenantId), fn);
+  }
+}
+
+/**
+ * The embedded default: `control.db` plus one SQLite file per tenant under
+ * `<dataDir>/tenants/`. A tenant's file holds that tenant's data and nothing
+ * else; no connection ever has two tenants' files open.
+ */
+export class SqliteStorage implements Storage {
+  readonly adapter = sqliteAdapter;
+  readonly control: Kysely<ControlDB>;
+  readonly #dataDir: string;
+  readonly #clock: Clock;
+  readonly #tenants = new Map<string, Kysely<TenantDB>>();
+
+  constructor(dataDir: string, clock: Clock) {
+    this.#dataDir = dataDir;
+    this.#clock = clock;
+    mkdirSync(path.join(dataDir, 'tenants'), { recursive: true, mode: 0o700 });
+    this.control = openKysely<ControlDB>(path.join(dataDir, 'control.db'), false);
+  }
+
+  controlTransaction<T>(fn: (db: Kysely<ControlDB>) => Promise<T>): Promise<T> {
+    return sqliteWriteTransaction(this.control, fn);
+  }
+
+  async migrateControl(): Promise<MigrationReport> {
+    const applied = await runMigrations({
+      migrations: controlMigrations,
+      adapter: this.adapter,
+      transaction: (fn) => sqliteWriteTransaction(this.control, fn),
+      now: () => this.#clock.now(),
+    });
+    return { applied };
+  }
+
+  #tenantFile(tenantId: string): string {
+    if (!isId(tenantId)) throw new TypeError('not a tenant id');
+    return path.join(this.#dataDir, 'tenants', `${tenantId}.db`);
+  }
+
+  /** The tenant's Kysely handle, opened on first use. Fails if the store does not exist. */
+  openTenant(tenantId: string): Kysely<TenantDB> {
+    let db = this.#tenants.get(tenantId);
+    if (!db) {
+      const file = this.#tenantFile(tenantId);
+      if (!existsSync(file)) throw new CustosError('tenant_not_found');
+      db = openKysely<TenantDB>(file, true);
+      this.#tenants.set(tenantId, db);
+    }
+    return db;
+  }
+
+  tenant(tenantId: string): TenantStore {
+    this.#tenantFile(tenantId);
+    return new SqliteTenantStore(this, tenantId);
+  }
+
+  async createTenantStore(tenantId: string): Promise<void> {
+    const file = this.#tenantFile(tenantId);
+    if (!this.#tenants.has(tenantId)) this.#tenants.set(tenantId, openKysely<TenantDB>(file, false));
+    await this.migrateTenant(tenantId);
+    await sqliteWriteTransaction(this.openTenant(tenantId), async (db) => {
+      await db
+        .insertInto('store_meta')
+        .values({ key: 'tenant_id', value: tenantId })
+        .onConflict((oc) => oc.column('key').doNothing())
+        .execute();
+    });
+  }
+
+  async migrateTenant(tenantId: string): Promise<MigrationReport> {
+    const db = this.openTenant(tenantId);
+    const applied = await runMigrations({
+      migrations: tenantMigrations,
+      adapter: this.adapter,
+      transaction: (fn) => sqliteWriteTransaction(db, fn),
+      now: () => this.#clock.now(),
+    });
+    return { applied };
+  }
+
+  async dropTenantStore(tenantId: string): Promise<void> {
+    const file = this.#tenantFile(tenantId);
+    const db = this.#tenants.get(tenantId);
+    this.#tenants.delete(tenantId);
+    if (db) await db.destroy();
+    for (const suffix of ['', '-wal', '-shm', '-journal']) rmSync(file + suffix, { force: true });
+  }
+
+  async tenantStoreExists(tenantId: string): Promise<boolean> {
+    return Promise.resolve(existsSync(this.#tenantFile(tenantId)));
+  }
+
+  locateTenantStore(tenantId: string): TenantStoreLocation {
+    return { kind: 'sqlite', file: this.#tenantFile(tenantId) };
+  }
+
+  async ping(): Promise<void> {
+    await sql`select 1`.execute(this.control);
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.#tenants.values()];
+    this.#tenants.clear();
+    await Promise.all(all.map((db) => db.destroy()));
+    await this.control.destroy();
+  }
+}

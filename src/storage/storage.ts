@@ -1,0 +1,49 @@
+import type { Kysely } from 'kysely';
+import type { StorageAdapter } from './adapter.js';
+import type { ControlDB, TenantDB } from './schema.js';
+
+/**
+ * One tenant's store. Every query runs inside {@link TenantStore.transaction};
+ * the handle it passes can reach this tenant's tables and nothing else (its own
+ * SQLite file, or in PostgreSQL the tenant's role and schema).
+ */
+export interface TenantStore {
+  readonly tenantId: string;
+  /** Runs `fn` in one transaction bound to this tenant. Commits when `fn` resolves, rolls back when it throws. */
+  transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T>;
+}
+
+/** Where a tenant's data lives, for `tenant show` and operators. */
+export type TenantStoreLocation =
+  | { kind: 'sqlite'; file: string }
+  | { kind: 'postgres'; schema: string; role: string };
+
+export interface MigrationReport {
+  applied: string[];
+}
+
+/**
+ * The storage backend: the control plane plus one store per tenant. Two
+ * implementations, SQLite files and PostgreSQL schemas, behind one contract.
+ */
+export interface Storage {
+  readonly adapter: StorageAdapter;
+  /** Control-plane queries outside a transaction (reads, single statements). */
+  readonly control: Kysely<ControlDB>;
+  /** Runs `fn` in one control-plane write transaction. */
+  controlTransaction<T>(fn: (db: Kysely<ControlDB>) => Promise<T>): Promise<T>;
+  migrateControl(): Promise<MigrationReport>;
+  /** A handle on a tenant's store; no I/O until it is used. */
+  tenant(tenantId: string): TenantStore;
+  /** Creates an empty tenant store and applies every tenant migration. Idempotent. */
+  createTenantStore(tenantId: string): Promise<void>;
+  /** Applies pending tenant migrations to an existing store. */
+  migrateTenant(tenantId: string): Promise<MigrationReport>;
+  /** Destroys the store and everything in it. Idempotent. */
+  dropTenantStore(tenantId: string): Promise<void>;
+  tenantStoreExists(tenantId: string): Promise<boolean>;
+  locateTenantStore(tenantId: string): TenantStoreLocation;
+  /** Checks the backend answers (for /readyz). */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
