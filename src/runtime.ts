@@ -2,6 +2,7 @@ import type { Clock } from './core/clock.js';
 import { systemClock } from './core/clock.js';
 import type { Config } from './core/config.js';
 import type { Logger } from './core/logger.js';
+import { readMasterKeyFile } from './crypto/master-key.js';
 import { TenantService } from './ops/tenant-service.js';
 import { openStorage } from './storage/open.js';
 import type { Storage } from './storage/storage.js';
@@ -15,6 +16,8 @@ export interface Runtime {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly storage: Storage;
+  /** The provider master key: the root of every tenant key ring. */
+  readonly masterKey: Buffer;
   readonly tenants: TenantService;
   close(): Promise<void>;
 }
@@ -32,7 +35,8 @@ export interface OpenRuntimeOptions {
  */
 export async function openRuntime(config: Config, opts: OpenRuntimeOptions): Promise<Runtime> {
   const clock = opts.clock ?? systemClock;
-  const storage = openStorage(config, clock);
+  const masterKey = await readMasterKeyFile(config.masterKeyFile);
+  const storage = openStorage(config, clock, masterKey);
   try {
     await storage.migrateControl();
     const tenants = new TenantService({ storage, clock });
@@ -49,6 +53,7 @@ export async function openRuntime(config: Config, opts: OpenRuntimeOptions): Pro
       clock,
       logger: opts.logger,
       storage,
+      masterKey,
       tenants,
       close: () => storage.close(),
     };

@@ -33,7 +33,8 @@ export const CONFIG_SPEC = {
   publicUrl: { env: 'CUSTOS_PUBLIC_URL', kind: 'string', default: undefined, description: 'URL users reach the server at (for links in mail); defaults to https://HOST:PORT.' },
   databaseUrl: { env: 'CUSTOS_DATABASE_URL', flag: '--database-url', kind: 'string', default: undefined, secret: true, description: 'postgres://… to store everything in PostgreSQL; unset for embedded SQLite under the data directory.' },
   databaseSchema: { env: 'CUSTOS_DATABASE_SCHEMA', kind: 'string', default: 'custos', description: 'PostgreSQL schema of the control plane; tenant schemas are named after their tenant ids.' },
-  databasePoolSize: { env: 'CUSTOS_DATABASE_POOL_SIZE', kind: 'int', default: 10, min: 1, max: 500, description: 'PostgreSQL connections per Custos process.' },
+  databasePoolSize: { env: 'CUSTOS_DATABASE_POOL_SIZE', kind: 'int', default: 10, min: 1, max: 500, description: 'PostgreSQL control-plane connections per Custos process.' },
+  databaseTenantPoolSize: { env: 'CUSTOS_DATABASE_TENANT_POOL_SIZE', kind: 'int', default: 4, min: 1, max: 100, description: "PostgreSQL connections per tenant per Custos process (each tenant's connections log in as its own role); idle ones close after 30 s." },
   tlsCert: { env: 'CUSTOS_TLS_CERT', flag: '--cert', kind: 'string', default: (d: string) => path.join(d, 'tls', 'cert.pem'), description: 'PEM certificate (chain) the server presents; `custos init` makes a self-signed one for localhost.' },
   tlsKey: { env: 'CUSTOS_TLS_KEY', flag: '--key', kind: 'string', default: (d: string) => path.join(d, 'tls', 'key.pem'), description: 'PEM private key of the certificate.' },
   masterKeyFile: { env: 'CUSTOS_MASTER_KEY_FILE', kind: 'string', default: (d: string) => path.join(d, 'master.key'), description: 'Provider master key file (32 random bytes, mode 0600). Never stored in a database.' },
@@ -54,6 +55,7 @@ export interface Config {
   readonly databaseUrl: string | undefined;
   readonly databaseSchema: string;
   readonly databasePoolSize: number;
+  readonly databaseTenantPoolSize: number;
   readonly tlsCert: string;
   readonly tlsKey: string;
   readonly masterKeyFile: string;

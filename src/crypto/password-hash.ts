@@ -7,7 +7,7 @@ import { hash, verify, type Options } from '@node-rs/argon2';
  * `const enum`, which isolated modules cannot import.)
  */
 export const ARGON2ID_OWASP: Readonly<Options> = Object.freeze({
-  algorithm: 2 as NonNullable<Options['algorithm']>,
+  algorithm: 2,
   memoryCost: 19456,
   timeCost: 2,
   parallelism: 1,

@@ -20,10 +20,14 @@ async function readTls(runtime: Runtime): Promise<{ cert: Buffer; key: Buffer }>
   }
 }
 
-/** Starts the HTTPS server. There is no plain-HTTP listener. */
-export async function startServer(runtime: Runtime): Promise<RunningServer> {
+/**
+ * Starts the HTTPS server. There is no plain-HTTP listener. `configure` may add
+ * routes before it listens (embedding, tests).
+ */
+export async function startServer(runtime: Runtime, configure?: (app: FastifyInstance) => void): Promise<RunningServer> {
   let shuttingDown = false;
   const app = await buildApp({ runtime, https: await readTls(runtime), isShuttingDown: () => shuttingDown });
+  configure?.(app);
   await app.listen({ host: runtime.config.host, port: runtime.config.port });
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : runtime.config.port;

@@ -5,7 +5,6 @@ import type { Config, LoadedConfig } from '../core/config.js';
 import { CustosError } from '../core/errors.js';
 import { writeSecretFile } from '../core/files.js';
 import { createMasterKeyFile } from '../crypto/master-key.js';
-import { selfSignedCertificate } from '../crypto/self-signed.js';
 
 export interface InitReport {
   dataDir: string;
@@ -39,6 +38,8 @@ export async function initDataDir(loaded: LoadedConfig): Promise<InitReport> {
     report.kept.push(config.tlsCert);
   } else {
     await mkdir(path.dirname(config.tlsCert), { recursive: true, mode: 0o700 });
+    // Loaded on demand: the X.509 library is only needed the first time.
+    const { selfSignedCertificate } = await import('../crypto/self-signed.js');
     const pems = await selfSignedCertificate();
     await writeSecretFile(config.tlsKey, pems.key);
     await writeSecretFile(config.tlsCert, pems.cert);

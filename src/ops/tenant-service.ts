@@ -1,6 +1,7 @@
 import type { Clock } from '../core/clock.js';
 import { rfc3339 } from '../core/clock.js';
 import { CustosError } from '../core/errors.js';
+import { failpoint } from '../core/failpoint.js';
 import { newId } from '../core/ids.js';
 import { isProcessGone, processIdentity } from '../core/process-identity.js';
 import { checkEdition, checkEmail, checkTenantName, type Edition } from '../core/validation.js';
@@ -90,9 +91,12 @@ export class TenantService {
       }
     });
 
+    failpoint('tenant-create:after-row');
     try {
       await this.#storage.createTenantStore(id);
+      failpoint('tenant-create:after-store');
       await this.#storage.tenant(id).transaction((db) => insertInitialAdmin(db, admin, now));
+      failpoint('tenant-create:after-admin');
       const activated = await this.#storage.controlTransaction((db) =>
         db
           .updateTable('tenants')
@@ -197,6 +201,7 @@ export class TenantService {
         .where('id', '=', row.id)
         .execute(),
     );
+    failpoint('tenant-delete:after-mark');
     await this.#finishDeleting(row.id);
     return { id: row.id, name: row.name };
   }

@@ -1,13 +1,29 @@
 import type { Clock } from '../core/clock.js';
 import type { Config } from '../core/config.js';
+import { deriveFromMasterKey } from '../crypto/derive.js';
 import { PostgresStorage } from './postgres/postgres-storage.js';
 import { SqliteStorage } from './sqlite/sqlite-storage.js';
 import type { Storage } from './storage.js';
 
-/** Opens the storage the configuration names: PostgreSQL when `databaseUrl` is set, SQLite files otherwise. */
-export function openStorage(config: Pick<Config, 'dataDir' | 'databaseUrl' | 'databaseSchema' | 'databasePoolSize'>, clock: Clock): Storage {
+/**
+ * Opens the storage the configuration names: PostgreSQL when `databaseUrl` is
+ * set, SQLite files otherwise. PostgreSQL tenant roles log in with passwords
+ * derived from the master key.
+ */
+export function openStorage(
+  config: Pick<Config, 'dataDir' | 'databaseUrl' | 'databaseSchema' | 'databasePoolSize' | 'databaseTenantPoolSize'>,
+  clock: Clock,
+  masterKey: Buffer,
+): Storage {
   if (config.databaseUrl !== undefined) {
-    return new PostgresStorage({ url: config.databaseUrl, schema: config.databaseSchema, poolSize: config.databasePoolSize, clock });
+    return new PostgresStorage({
+      url: config.databaseUrl,
+      schema: config.databaseSchema,
+      poolSize: config.databasePoolSize,
+      tenantPoolSize: config.databaseTenantPoolSize,
+      tenantRolePassword: (tenantId) => deriveFromMasterKey(masterKey, `postgres-role-password/${tenantId}`).toString('base64url'),
+      clock,
+    });
   }
   return new SqliteStorage(config.dataDir, clock);
 }

@@ -18,7 +18,7 @@ export function configCommand(): Command {
       }
       printTable(
         ['KEY', 'VALUE', 'SOURCE', 'ENVIRONMENT'],
-        rows.map((r) => [r.key, r.value === undefined ? '(unset)' : Array.isArray(r.value) ? r.value.join(',') : String(r.value), r.source, r.env]),
+        rows.map((r) => [r.key, r.value === undefined ? '(unset)' : Array.isArray(r.value) ? r.value.join(',') : JSON.stringify(r.value).replace(/^"|"$/g, ''), r.source, r.env]),
       );
     });
   return config;

@@ -1,6 +1,6 @@
 import { Command } from 'commander';
 import { createLogger } from '../../core/logger.js';
-import { startServer, type RunningServer } from '../../http/server.js';
+import type { RunningServer } from '../../http/server.js';
 import { initDataDir, isInitialized } from '../../ops/init.js';
 import { openRuntime, type Runtime } from '../../runtime.js';
 import { configFor } from '../context.js';
@@ -15,6 +15,12 @@ function serverOptions(cmd: Command): Command {
     .option('--cert <file>', 'PEM certificate to present')
     .option('--key <file>', 'private key of --cert')
     .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent');
+}
+
+/** The HTTP stack is loaded only by the commands that serve. */
+async function startServer(rt: Runtime): Promise<RunningServer> {
+  const { startServer: start } = await import('../../http/server.js');
+  return start(rt);
 }
 
 /** Resolves when SIGTERM or SIGINT arrives and the server has drained. */

@@ -1,4 +1,5 @@
 import { sql, type Kysely } from 'kysely';
+import { failpoint } from '../../core/failpoint.js';
 import type { StorageAdapter } from '../adapter.js';
 
 /**
@@ -53,6 +54,7 @@ export async function runMigrations(opts: MigrationRunnerOptions): Promise<strin
       return true;
     });
     if (done) applied.push(migration.name);
+    failpoint(`migrate:after:${migration.name}`);
   }
   return applied;
 }

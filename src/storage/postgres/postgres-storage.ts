@@ -18,13 +18,20 @@ const types = {
     if (oid === INT8_OID && format !== 'binary') return (v: string) => Number(v);
     return pg.types.getTypeParser(oid, format);
   },
-} as pg.CustomTypesConfig;
+};
+
+/** Tenant pools kept open at once; the least recently used idle one closes past this. */
+const MAX_TENANT_POOLS = 200;
+const TENANT_IDLE_MS = 30_000;
 
 export interface PostgresStorageOptions {
   url: string;
   /** Control-plane schema (default `custos`). */
   schema: string;
   poolSize: number;
+  tenantPoolSize: number;
+  /** Password of a tenant's login role, derived from the master key and never stored. */
+  tenantRolePassword: (tenantId: string) => string;
   clock: Clock;
 }
 
@@ -36,43 +43,40 @@ export function tenantIdentifiers(tenantId: string): { schema: string; role: str
 
 class PostgresTenantStore implements TenantStore {
   readonly tenantId: string;
-  readonly #db: Kysely<TenantDB>;
-  readonly #bind: ReturnType<typeof sql.raw>;
-  constructor(db: Kysely<TenantDB>, tenantId: string) {
+  readonly #storage: PostgresStorage;
+  constructor(storage: PostgresStorage, tenantId: string) {
     this.tenantId = tenantId;
-    this.#db = db;
-    const { schema, role } = tenantIdentifiers(tenantId);
-    // Both identifiers come from tenantIdentifiers(), which accepts only [0-9a-z] ids.
-    this.#bind = sql.raw(`SET LOCAL ROLE "${role}"; SET LOCAL search_path TO "${schema}"`);
+    this.#storage = storage;
   }
-  transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
-    return this.#db.transaction().execute(async (trx) => {
-      await this.#bind.execute(trx);
-      return fn(trx);
-    });
+  async transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
+    return this.#storage.tenantKysely(this.tenantId).transaction().execute(fn);
   }
 }
 
 /**
- * PostgreSQL: the control plane in one schema, each tenant in a schema of its
- * own with a role of its own. Tenant transactions run `SET LOCAL ROLE` to the
- * tenant's role, which holds privileges on its own schema only, so even
- * hand-written SQL in a tenant transaction cannot reach another tenant.
+ * PostgreSQL: the control plane in one schema; each tenant in a schema of its
+ * own, reached only through connections that log in as the tenant's own role.
+ *
+ * Why log in as the tenant role rather than `SET LOCAL ROLE` on a shared pool:
+ * PostgreSQL checks `SET ROLE` against the session user, so on a connection
+ * whose session user is the (privileged) service account, any statement in a
+ * tenant transaction could `RESET ROLE` or `SET ROLE` to another tenant. When
+ * the session user is the tenant role itself there is nothing to switch to:
+ * the role owns no objects, holds DML privileges on its own schema's tables
+ * only, has no access to the control schema, and is a member of no role.
  */
 export class PostgresStorage implements Storage {
   readonly adapter = postgresAdapter;
   readonly control: Kysely<ControlDB>;
   readonly #root: Kysely<unknown>;
-  readonly #pool: pg.Pool;
-  readonly #schema: string;
-  readonly #clock: Clock;
+  readonly #opts: PostgresStorageOptions;
+  readonly #tenantDbs = new Map<string, { db: Kysely<TenantDB>; pool: pg.Pool }>();
 
   constructor(opts: PostgresStorageOptions) {
-    this.#schema = opts.schema;
-    this.#clock = opts.clock;
-    this.#pool = new pg.Pool({ connectionString: opts.url, max: opts.poolSize, types, connectionTimeoutMillis: 10000 });
-    this.#pool.on('error', () => undefined); // an idle client's error; the next checkout reconnects
-    this.#root = new Kysely<unknown>({ dialect: new PostgresDialect({ pool: this.#pool }) });
+    this.#opts = opts;
+    const pool = new pg.Pool({ connectionString: opts.url, max: opts.poolSize, types, connectionTimeoutMillis: 10000 });
+    pool.on('error', () => undefined); // an idle client's error; the next checkout reconnects
+    this.#root = new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
     this.control = (this.#root as unknown as Kysely<ControlDB>).withSchema(opts.schema);
   }
 
@@ -81,17 +85,18 @@ export class PostgresStorage implements Storage {
   }
 
   async migrateControl(): Promise<MigrationReport> {
-    await sql`CREATE SCHEMA IF NOT EXISTS ${sql.id(this.#schema)}`.execute(this.#root).catch(async (err: unknown) => {
-      // Two nodes starting together may race on CREATE SCHEMA IF NOT EXISTS.
-      if ((err as { code?: string }).code !== '23505') throw err;
+    const schema = this.#opts.schema;
+    await this.#root.transaction().execute(async (trx) => {
+      await this.#advisoryLock(trx, `schema:${schema}`);
+      await sql`CREATE SCHEMA IF NOT EXISTS ${sql.id(schema)}`.execute(trx);
+      await sql`REVOKE ALL ON SCHEMA ${sql.id(schema)} FROM PUBLIC`.execute(trx);
     });
-    await sql`REVOKE ALL ON SCHEMA ${sql.id(this.#schema)} FROM PUBLIC`.execute(this.#root);
     const applied = await runMigrations({
       migrations: controlMigrations,
       adapter: this.adapter,
       transaction: (fn) => this.control.transaction().execute(fn),
-      lock: (db) => this.#advisoryLock(db, `migrate:${this.#schema}`),
-      now: () => this.#clock.now(),
+      lock: (db) => this.#advisoryLock(db, `migrate:${schema}`),
+      now: () => this.#opts.clock.now(),
     });
     return { applied };
   }
@@ -100,20 +105,62 @@ export class PostgresStorage implements Storage {
     await sql`SELECT pg_advisory_xact_lock(hashtext(${key}))`.execute(db);
   }
 
+  /** The tenant's Kysely handle over a pool that logs in as the tenant role with its schema on the path. */
+  tenantKysely(tenantId: string): Kysely<TenantDB> {
+    const hit = this.#tenantDbs.get(tenantId);
+    if (hit) {
+      this.#tenantDbs.delete(tenantId);
+      this.#tenantDbs.set(tenantId, hit);
+      return hit.db;
+    }
+    const { schema, role } = tenantIdentifiers(tenantId);
+    const url = new URL(this.#opts.url);
+    const pool = new pg.Pool({
+      host: url.hostname.replace(/^\[|\]$/g, '') || undefined,
+      port: url.port ? Number(url.port) : undefined,
+      database: decodeURIComponent(url.pathname.slice(1)) || undefined,
+      user: role,
+      password: this.#opts.tenantRolePassword(tenantId),
+      options: `-c search_path=${schema}`,
+      ssl: url.searchParams.get('sslmode') === 'require' ? { rejectUnauthorized: true } : undefined,
+      max: this.#opts.tenantPoolSize,
+      idleTimeoutMillis: TENANT_IDLE_MS,
+      connectionTimeoutMillis: 10000,
+      types,
+    });
+    pool.on('error', () => undefined);
+    const db = new Kysely<TenantDB>({ dialect: new PostgresDialect({ pool }) });
+    this.#tenantDbs.set(tenantId, { db, pool });
+    if (this.#tenantDbs.size > MAX_TENANT_POOLS) {
+      for (const [id, entry] of this.#tenantDbs) {
+        if (entry.pool.idleCount === entry.pool.totalCount && id !== tenantId) {
+          this.#tenantDbs.delete(id);
+          void entry.db.destroy().catch(() => undefined);
+          break;
+        }
+      }
+    }
+    return db;
+  }
+
   tenant(tenantId: string): TenantStore {
-    return new PostgresTenantStore(this.#root as Kysely<TenantDB>, tenantId);
+    tenantIdentifiers(tenantId);
+    return new PostgresTenantStore(this, tenantId);
   }
 
   async createTenantStore(tenantId: string): Promise<void> {
     const { schema, role } = tenantIdentifiers(tenantId);
+    const password = this.#opts.tenantRolePassword(tenantId);
+    if (!/^[A-Za-z0-9_-]+$/.test(password)) throw new TypeError('tenant role password must be base64url');
     await this.#root.transaction().execute(async (trx) => {
       await this.#advisoryLock(trx, `tenant:${tenantId}`);
       const exists = await sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_roles WHERE rolname = ${role}`.execute(trx);
+      // DDL takes no bind parameters; the password is base64url (checked above), the names are derived from an id.
       if (exists.rows[0]?.n === 0) {
-        await sql`CREATE ROLE ${sql.id(role)} NOLOGIN NOINHERIT`.execute(trx);
+        await sql`CREATE ROLE ${sql.id(role)} LOGIN NOINHERIT NOCREATEDB NOCREATEROLE PASSWORD ${sql.lit(password)}`.execute(trx);
+      } else {
+        await sql`ALTER ROLE ${sql.id(role)} LOGIN PASSWORD ${sql.lit(password)}`.execute(trx);
       }
-      // Lets the connecting role SET ROLE to the tenant role (a no-op for superusers).
-      await sql`GRANT ${sql.id(role)} TO CURRENT_USER`.execute(trx);
       await sql`CREATE SCHEMA IF NOT EXISTS ${sql.id(schema)}`.execute(trx);
       await sql`REVOKE ALL ON SCHEMA ${sql.id(schema)} FROM PUBLIC`.execute(trx);
       await sql`GRANT USAGE ON SCHEMA ${sql.id(schema)} TO ${sql.id(role)}`.execute(trx);
@@ -136,14 +183,14 @@ export class PostgresStorage implements Storage {
     const applied = await runMigrations({
       migrations: tenantMigrations,
       adapter: this.adapter,
-      // DDL runs as the owner with the tenant schema first on the path; the tenant role only gets DML.
+      // DDL runs as the service account (the owner) with the tenant schema on the path; the tenant role gets DML only.
       transaction: (fn) =>
         this.#root.transaction().execute(async (trx) => {
-          await sql.raw(`SET LOCAL search_path TO "${schema}"`).execute(trx);
+          await sql`SELECT set_config('search_path', ${`"${schema}"`}, true)`.execute(trx);
           return fn(trx);
         }),
       lock: (db) => this.#advisoryLock(db, `tenant:${tenantId}`),
-      now: () => this.#clock.now(),
+      now: () => this.#opts.clock.now(),
     });
     await sql`REVOKE ALL ON ${sql.id(schema, MIGRATIONS_TABLE)} FROM ${sql.id(role)}`.execute(this.#root);
     return { applied };
@@ -151,11 +198,16 @@ export class PostgresStorage implements Storage {
 
   async dropTenantStore(tenantId: string): Promise<void> {
     const { schema, role } = tenantIdentifiers(tenantId);
+    const entry = this.#tenantDbs.get(tenantId);
+    this.#tenantDbs.delete(tenantId);
+    if (entry) await entry.db.destroy().catch(() => undefined);
     await this.#root.transaction().execute(async (trx) => {
       await this.#advisoryLock(trx, `tenant:${tenantId}`);
       await sql`DROP SCHEMA IF EXISTS ${sql.id(schema)} CASCADE`.execute(trx);
       const exists = await sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_roles WHERE rolname = ${role}`.execute(trx);
       if (exists.rows[0]?.n !== 0) {
+        // Sessions of this role on other nodes end with it.
+        await sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ${role}`.execute(trx);
         await sql`DROP OWNED BY ${sql.id(role)}`.execute(trx);
         await sql`DROP ROLE ${sql.id(role)}`.execute(trx);
       }
@@ -177,6 +229,9 @@ export class PostgresStorage implements Storage {
   }
 
   async close(): Promise<void> {
+    const all = [...this.#tenantDbs.values()];
+    this.#tenantDbs.clear();
+    await Promise.all(all.map((e) => e.db.destroy().catch(() => undefined)));
     await this.#root.destroy();
   }
 }

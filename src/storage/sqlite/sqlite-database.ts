@@ -38,7 +38,7 @@ export function cachingSqliteDatabase(db: Database.Database): SqliteDatabase & {
         cache.set(sqlText, stmt);
         return stmt;
       }
-      stmt = db.prepare(sqlText) as unknown as SqliteStatement;
+      stmt = db.prepare(sqlText);
       cache.set(sqlText, stmt);
       if (cache.size > STATEMENT_CACHE_SIZE) cache.delete(cache.keys().next().value!);
       return stmt;

@@ -45,7 +45,7 @@ class SqliteTenantStore implements TenantStore {
     this.#storage = storage;
     this.tenantId = tenantId;
   }
-  transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
+  async transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
     return sqliteWriteTransaction(this.#storage.openTenant(this.tenantId), fn);
   }
 }

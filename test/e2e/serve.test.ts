@@ -1,0 +1,76 @@
+import { readFileSync } from 'node:fs';
+import https from 'node:https';
+import path from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { spawnCli, waitFor } from '../helpers/cli.js';
+import { describeEachStorage, makeTestEnv, type TestEnv } from '../helpers/storage-kinds.js';
+
+/** GET over HTTPS, verifying the server against the certificate `custos init` made. */
+function get(url: string, ca: Buffer): Promise<{ status: number; body: string; headers: Record<string, unknown> }> {
+  return new Promise((resolve, reject) => {
+    https
+      .get(url, { ca }, (res) => {
+        let body = '';
+        res.on('data', (d: Buffer) => (body += d.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body, headers: res.headers }));
+      })
+      .on('error', reject);
+  });
+}
+
+describeEachStorage('custos start (first run) and SIGTERM', (kind) => {
+  let env: TestEnv;
+  beforeAll(async () => {
+    env = await makeTestEnv(kind);
+  });
+  afterAll(async () => env.cleanup());
+
+  const start = () => spawnCli(['start', '--port', '0', '--log-level', 'warn'], { ...env.env, CUSTOS_DATA_DIR: path.join(env.dataDir, 'fresh') });
+
+  it('prints the URL, admin and a temporary password on the first run, serves HTTPS, exits 0 on SIGTERM', async () => {
+    const run = start();
+    await waitFor(() => run.output().stdout.includes('Press Ctrl+C'), 30000, 'start-up banner');
+    const out = run.output().stdout;
+    const url = /Custos is running at (https:\/\/127\.0\.0\.1:\d+)/.exec(out)?.[1];
+    expect(url).toBeDefined();
+    expect(out).toMatch(/Account Administrator: admin </);
+    const password = /Temporary password: (\S+)/.exec(out)?.[1];
+    expect(password).toMatch(/^\S{24}$/);
+    expect(out).toContain(path.join(env.dataDir, 'fresh'));
+
+    const ca = readFileSync(path.join(env.dataDir, 'fresh', 'tls', 'cert.pem'));
+    const health = await get(`${url}/healthz`, ca);
+    expect(health.status).toBe(200);
+    expect(JSON.parse(health.body)).toEqual({ status: 'ok' });
+    expect(health.headers['strict-transport-security']).toMatch(/max-age=31536000/);
+    expect((await get(`${url}/api/v1/auth/options?tenant=demo`, ca)).status).toBe(200);
+
+    run.child.kill('SIGTERM');
+    const res = await run.exited;
+    expect(res.signal).toBeNull();
+    expect(res.code).toBe(0);
+    expect(res.stderr).not.toMatch(/error/i);
+  });
+
+  it('on the next run keeps the demo tenant and prints no password', async () => {
+    const run = start();
+    await waitFor(() => run.output().stdout.includes('Press Ctrl+C'), 30000, 'start-up banner');
+    expect(run.output().stdout).toMatch(/Tenant "demo" exists/);
+    expect(run.output().stdout).not.toMatch(/Temporary password/);
+    run.child.kill('SIGINT');
+    expect((await run.exited).code).toBe(0);
+  });
+
+  it('refuses plain HTTP: the port speaks only TLS', async () => {
+    const run = start();
+    await waitFor(() => run.output().stdout.includes('Press Ctrl+C'), 30000, 'start-up banner');
+    const url = /Custos is running at https:\/\/(127\.0\.0\.1:\d+)/.exec(run.output().stdout)![1]!;
+    const plain = await fetch(`http://${url}/healthz`).then(
+      (r) => r.status,
+      () => 'refused',
+    );
+    expect(plain).not.toBe(200);
+    run.child.kill('SIGTERM');
+    expect((await run.exited).code).toBe(0);
+  });
+});
