@@ -2,7 +2,11 @@ import type { Clock } from './core/clock.js';
 import { systemClock } from './core/clock.js';
 import type { Config } from './core/config.js';
 import type { Logger } from './core/logger.js';
+import type { EncryptedSource } from './crypto/encrypted-source.js';
+import { KeyService } from './crypto/key-service.js';
 import { readMasterKeyFile } from './crypto/master-key.js';
+import { TenantSecrets } from './crypto/tenant-secrets.js';
+import { resolveMasterKey } from './ops/master-key.js';
 import { TenantService } from './ops/tenant-service.js';
 import { openStorage } from './storage/open.js';
 import type { Storage } from './storage/storage.js';
@@ -16,9 +20,15 @@ export interface Runtime {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly storage: Storage;
-  /** The provider master key: the root of every tenant key ring. */
+  /** The provider master key: the root of every tenant key ring (changes when it is rotated). */
   readonly masterKey: Buffer;
+  /** Switches the running process to a new master key after a committed rotation. */
+  useMasterKey(key: Buffer): void;
   readonly tenants: TenantService;
+  readonly keys: KeyService;
+  readonly secrets: TenantSecrets;
+  /** Every table that holds field ciphertexts, for re-encryption. */
+  readonly encryptedSources: readonly EncryptedSource[];
   close(): Promise<void>;
 }
 
@@ -35,11 +45,15 @@ export interface OpenRuntimeOptions {
  */
 export async function openRuntime(config: Config, opts: OpenRuntimeOptions): Promise<Runtime> {
   const clock = opts.clock ?? systemClock;
-  const masterKey = await readMasterKeyFile(config.masterKeyFile);
-  const storage = openStorage(config, clock, masterKey);
+  let masterKey = await readMasterKeyFile(config.masterKeyFile);
+  const storage = openStorage(config, clock, () => masterKey);
   try {
     await storage.migrateControl();
-    const tenants = new TenantService({ storage, clock });
+    masterKey = await resolveMasterKey(storage, config.masterKeyFile, masterKey, clock);
+    const keys = new KeyService({ storage, clock, masterKey });
+    const secrets = new TenantSecrets({ keys, clock });
+    const encryptedSources: EncryptedSource[] = [TenantSecrets.source];
+    const tenants = new TenantService({ storage, clock, keys });
     const recovered = await tenants.recover();
     if (recovered.removed.length > 0 || recovered.finishedDeleting.length > 0) {
       opts.logger.warn({ recovered }, 'finished tenant lifecycle work interrupted by a crash');
@@ -53,8 +67,17 @@ export async function openRuntime(config: Config, opts: OpenRuntimeOptions): Pro
       clock,
       logger: opts.logger,
       storage,
-      masterKey,
+      get masterKey() {
+        return masterKey;
+      },
+      useMasterKey(key: Buffer) {
+        masterKey = key;
+        keys.useMasterKey(key);
+      },
       tenants,
+      keys,
+      secrets,
+      encryptedSources,
       close: () => storage.close(),
     };
   } catch (err) {

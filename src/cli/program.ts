@@ -2,6 +2,7 @@ import { Command } from 'commander';
 import { VERSION } from '../version.js';
 import { configCommand } from './commands/config.js';
 import { initCommand } from './commands/init.js';
+import { keysCommand } from './commands/keys.js';
 import { migrateCommand } from './commands/migrate.js';
 import { serveCommand, startCommand } from './commands/serve.js';
 import { tenantCommand } from './commands/tenant.js';
@@ -18,6 +19,7 @@ export function buildProgram(): Command {
   program.addCommand(serveCommand());
   program.addCommand(startCommand());
   program.addCommand(tenantCommand());
+  program.addCommand(keysCommand());
   program.addCommand(configCommand());
   program.addCommand(migrateCommand());
   return program;

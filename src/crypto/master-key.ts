@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { CustosError } from '../core/errors.js';
 import { writeSecretFile } from '../core/files.js';
+import { deriveFromMasterKey } from './derive.js';
 
 export const MASTER_KEY_BYTES = 32;
 
@@ -30,4 +31,18 @@ export async function readMasterKeyFile(file: string): Promise<Buffer> {
     throw new CustosError('invalid_configuration', `master key file ${file} must hold exactly ${MASTER_KEY_BYTES} bytes`);
   }
   return key;
+}
+
+/**
+ * A public identifier of a master key (16 hex characters, derived one-way): the
+ * control plane records which key its wrapped key rings belong to, so a wrong
+ * or stale key file is refused instead of failing later on every decryption.
+ */
+export function masterKeyId(masterKey: Buffer): string {
+  return deriveFromMasterKey(masterKey, 'master-key-id').subarray(0, 8).toString('hex');
+}
+
+/** The key that wraps tenant key-encryption keys: derived, so the raw master key encrypts nothing itself. */
+export function kekWrappingKey(masterKey: Buffer): Buffer {
+  return deriveFromMasterKey(masterKey, 'kek-wrap');
 }

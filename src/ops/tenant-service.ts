@@ -5,6 +5,7 @@ import { failpoint } from '../core/failpoint.js';
 import { newId } from '../core/ids.js';
 import { isProcessGone, processIdentity } from '../core/process-identity.js';
 import { checkEdition, checkEmail, checkTenantName, type Edition } from '../core/validation.js';
+import type { KeyService } from '../crypto/key-service.js';
 import { insertInitialAdmin, prepareInitialAdmin, type IssuedAdmin } from '../iam/initial-admin.js';
 import type { TenantsTable } from '../storage/schema.js';
 import type { Storage, TenantStoreLocation } from '../storage/storage.js';
@@ -48,11 +49,13 @@ const UNIQUE_VIOLATION = /unique|duplicate key/i;
 export class TenantService {
   readonly #storage: Storage;
   readonly #clock: Clock;
+  readonly #keys: KeyService;
   readonly #identity: string;
 
-  constructor(deps: { storage: Storage; clock: Clock }) {
+  constructor(deps: { storage: Storage; clock: Clock; keys: KeyService }) {
     this.#storage = deps.storage;
     this.#clock = deps.clock;
+    this.#keys = deps.keys;
     this.#identity = processIdentity();
   }
 
@@ -85,6 +88,7 @@ export class TenantService {
           .insertInto('tenants')
           .values({ id, name, edition, status: 'provisioning', admin_email: adminEmail, created_at: now, updated_at: now, lifecycle_owner: this.#identity })
           .execute();
+        await this.#keys.createRing(db, id);
       } catch (err) {
         if (UNIQUE_VIOLATION.test((err as Error).message)) throw new CustosError('tenant_exists', `tenant ${name} already exists`);
         throw err;
@@ -119,6 +123,7 @@ export class TenantService {
   }
 
   async #undoProvisioning(id: string): Promise<void> {
+    await this.#keys.destroyRing(id, { removeRing: true });
     await this.#storage.dropTenantStore(id);
     await this.#storage.controlTransaction((db) =>
       db.deleteFrom('tenants').where('id', '=', id).where('status', '=', 'provisioning').execute(),
@@ -206,7 +211,10 @@ export class TenantService {
     return { id: row.id, name: row.name };
   }
 
+  /** Crypto-shreds first: once the ring is gone, no copy of the store can be decrypted, whatever happens next. */
   async #finishDeleting(id: string): Promise<void> {
+    await this.#keys.destroyRing(id, { removeRing: true });
+    failpoint('tenant-delete:after-shred');
     await this.#storage.dropTenantStore(id);
     await this.#storage.controlTransaction((db) => db.deleteFrom('tenants').where('id', '=', id).where('status', '=', 'deleting').execute());
   }

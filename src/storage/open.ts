@@ -5,6 +5,11 @@ import { PostgresStorage } from './postgres/postgres-storage.js';
 import { SqliteStorage } from './sqlite/sqlite-storage.js';
 import type { Storage } from './storage.js';
 
+/** The password of a tenant's PostgreSQL login role: derived from the master key, never stored. */
+export function tenantRolePassword(masterKey: Buffer, tenantId: string): string {
+  return deriveFromMasterKey(masterKey, `postgres-role-password/${tenantId}`).toString('base64url');
+}
+
 /**
  * Opens the storage the configuration names: PostgreSQL when `databaseUrl` is
  * set, SQLite files otherwise. PostgreSQL tenant roles log in with passwords
@@ -13,7 +18,7 @@ import type { Storage } from './storage.js';
 export function openStorage(
   config: Pick<Config, 'dataDir' | 'databaseUrl' | 'databaseSchema' | 'databasePoolSize' | 'databaseTenantPoolSize'>,
   clock: Clock,
-  masterKey: Buffer,
+  masterKey: () => Buffer,
 ): Storage {
   if (config.databaseUrl !== undefined) {
     return new PostgresStorage({
@@ -21,7 +26,7 @@ export function openStorage(
       schema: config.databaseSchema,
       poolSize: config.databasePoolSize,
       tenantPoolSize: config.databaseTenantPoolSize,
-      tenantRolePassword: (tenantId) => deriveFromMasterKey(masterKey, `postgres-role-password/${tenantId}`).toString('base64url'),
+      tenantRolePassword: (tenantId) => tenantRolePassword(masterKey(), tenantId),
       clock,
     });
   }

@@ -42,6 +42,12 @@ export interface Storage {
   /** Destroys the store and everything in it. Idempotent. */
   dropTenantStore(tenantId: string): Promise<void>;
   tenantStoreExists(tenantId: string): Promise<boolean>;
+  /**
+   * Sets new credentials for tenants' database roles inside the caller's
+   * control-plane transaction (PostgreSQL, after a master-key rotation); a
+   * no-op where stores have no credentials.
+   */
+  rekeyTenantRoles(db: Kysely<ControlDB>, tenantIds: readonly string[], password: (tenantId: string) => string): Promise<void>;
   locateTenantStore(tenantId: string): TenantStoreLocation;
   /** Checks the backend answers (for /readyz). */
   ping(): Promise<void>;

@@ -91,13 +91,16 @@ export interface TestRuntime extends Runtime {
 export async function makeRuntime(kind: StorageKind, opts: { clock?: ManualClock } = {}): Promise<TestRuntime & { manualClock: ManualClock | undefined }> {
   const env = await makeTestEnv(kind);
   const rt = await openRuntime(env.config, { logger: createLogger('silent'), clock: opts.clock, migrateTenants: true });
-  return {
-    ...rt,
-    env,
-    manualClock: opts.clock,
-    async close() {
-      await rt.close();
-      await env.cleanup();
+  // Copy property descriptors so getters (the master key) stay live.
+  const wrapped = Object.defineProperties({}, Object.getOwnPropertyDescriptors(rt)) as Runtime;
+  return Object.defineProperties(wrapped, {
+    env: { value: env },
+    manualClock: { value: opts.clock },
+    close: {
+      value: async () => {
+        await rt.close();
+        await env.cleanup();
+      },
     },
-  };
+  }) as TestRuntime & { manualClock: ManualClock | undefined };
 }

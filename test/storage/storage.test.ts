@@ -20,7 +20,8 @@ describeEachStorage('storage', (kind) => {
 
   beforeAll(async () => {
     env = await makeTestEnv(kind);
-    storage = openStorage(env.config, systemClock, await readMasterKeyFile(env.config.masterKeyFile));
+    const masterKey = await readMasterKeyFile(env.config.masterKeyFile);
+    storage = openStorage(env.config, systemClock, () => masterKey);
     await storage.migrateControl();
     await storage.createTenantStore(a);
     await storage.createTenantStore(b);

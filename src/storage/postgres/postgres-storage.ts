@@ -120,7 +120,8 @@ export class PostgresStorage implements Storage {
       port: url.port ? Number(url.port) : undefined,
       database: decodeURIComponent(url.pathname.slice(1)) || undefined,
       user: role,
-      password: this.#opts.tenantRolePassword(tenantId),
+      // A function, so a master-key rotation applies to every new connection at once.
+      password: () => this.#opts.tenantRolePassword(tenantId),
       options: `-c search_path=${schema}`,
       ssl: url.searchParams.get('sslmode') === 'require' ? { rejectUnauthorized: true } : undefined,
       max: this.#opts.tenantPoolSize,
@@ -212,6 +213,15 @@ export class PostgresStorage implements Storage {
         await sql`DROP ROLE ${sql.id(role)}`.execute(trx);
       }
     });
+  }
+
+  async rekeyTenantRoles(db: Kysely<ControlDB>, tenantIds: readonly string[], password: (tenantId: string) => string): Promise<void> {
+    for (const id of tenantIds) {
+      const { role } = tenantIdentifiers(id);
+      const pw = password(id);
+      if (!/^[A-Za-z0-9_-]+$/.test(pw)) throw new TypeError('tenant role password must be base64url');
+      await sql`ALTER ROLE ${sql.id(role)} PASSWORD ${sql.lit(pw)}`.execute(db);
+    }
   }
 
   async tenantStoreExists(tenantId: string): Promise<boolean> {

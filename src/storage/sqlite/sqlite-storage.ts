@@ -137,6 +137,9 @@ export class SqliteStorage implements Storage {
     for (const suffix of ['', '-wal', '-shm', '-journal']) rmSync(file + suffix, { force: true });
   }
 
+  /** SQLite tenant stores have no credentials of their own. */
+  async rekeyTenantRoles(): Promise<void> {}
+
   async tenantStoreExists(tenantId: string): Promise<boolean> {
     return Promise.resolve(existsSync(this.#tenantFile(tenantId)));
   }

@@ -1,0 +1,41 @@
+// Shared helpers for benchmarks: timing, machine description, result lines.
+import { cpus, totalmem } from 'node:os';
+
+/** Runs `fn` repeatedly for about `ms` milliseconds (after a warm-up) and returns operations per second. */
+export function opsPerSecond(fn, ms = 2000, batch = 1000) {
+  const warmEnd = performance.now() + Math.min(300, ms / 4);
+  while (performance.now() < warmEnd) for (let i = 0; i < batch; i++) fn();
+  let ops = 0;
+  const start = performance.now();
+  let now = start;
+  while (now - start < ms) {
+    for (let i = 0; i < batch; i++) fn();
+    ops += batch;
+    now = performance.now();
+  }
+  return (ops * 1000) / (now - start);
+}
+
+/** Times an async workload that performs `ops` operations; returns operations per second. */
+export async function timeAsync(ops, fn) {
+  const start = performance.now();
+  await fn();
+  return (ops * 1000) / (performance.now() - start);
+}
+
+export function machine() {
+  const c = cpus();
+  return `${c.length} × ${c[0]?.model ?? 'unknown CPU'}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
+}
+
+export function fmt(n) {
+  return Math.round(n).toLocaleString('en-US');
+}
+
+/** Prints one result line: workload, rate, baseline, ratio, and whether it meets the target ratio (if any). */
+export function report(name, rate, baselineName, baseline, target) {
+  const ratio = baseline ? rate / baseline : undefined;
+  const verdict = target === undefined || ratio === undefined ? '' : ratio >= target ? `  (target ≥ ${Math.round(target * 100)} %: met)` : `  (target ≥ ${Math.round(target * 100)} %: NOT met)`;
+  console.log(`${name}: ${fmt(rate)}/s${baseline ? ` | ${baselineName}: ${fmt(baseline)}/s | ratio ${(ratio * 100).toFixed(1)} %${verdict}` : ''}`);
+  return ratio;
+}

@@ -1,0 +1,143 @@
+import { readFile, writeFile } from 'node:fs/promises';
+import { Command } from 'commander';
+import { CustosError } from '../../core/errors.js';
+import type { KeyRingView } from '../../crypto/key-service.js';
+import { reencryptTenant, DEFAULT_REENCRYPT_BATCH } from '../../crypto/reencrypt.js';
+import { rotateMasterKey } from '../../ops/master-key.js';
+import type { Runtime } from '../../runtime.js';
+import { withRuntime } from '../context.js';
+import { printJson, println, printTable } from '../output.js';
+import { progressBar } from '../progress.js';
+
+function printRing(view: KeyRingView, tenant: string): void {
+  println(`Tenant ${tenant}: ${view.mode}-managed key ring, ${view.state}, current version ${view.currentVersion ?? '-'}`);
+  if (view.nextRotationAt) println(`Rotates every ${view.rotationPeriodDays} days; last ${view.lastRotatedAt}, next ${view.nextRotationAt}`);
+  if (view.deletionDueAt) println(`Scheduled for deletion at ${view.deletionDueAt}`);
+  printTable(
+    ['VERSION', 'ORIGIN', 'STATE', 'CREATED', 'RETIRED'],
+    view.versions.map((v) => [String(v.version), v.origin, v.state, v.createdAt, v.retiredAt ?? '']),
+  );
+}
+
+function positiveInt(value: string): number {
+  if (!/^\d+$/.test(value)) throw new CustosError('validation_failed', `${value} is not a positive integer`);
+  return Number(value);
+}
+
+async function tenantId(rt: Runtime, name: string): Promise<string> {
+  return (await rt.tenants.show(name)).id;
+}
+
+/** `custos keys …`: the key hierarchy, for provider operators. Never prints key material. */
+export function keysCommand(): Command {
+  const keys = new Command('keys').description('tenant key rings, rotation, re-encryption, customer-managed keys, the master key');
+  const tenantOpt = (c: Command) => c.requiredOption('--tenant <name>', 'tenant name').option('--json', 'print JSON');
+
+  tenantOpt(keys.command('list').description("show a tenant's key ring: versions, states, dates (never key material)")).action(async (opts: { tenant: string; json?: boolean }, cmd: Command) => {
+    const view = await withRuntime(cmd, async (rt) => rt.keys.describe(await tenantId(rt, opts.tenant)));
+    if (opts.json) printJson(view);
+    else printRing(view, opts.tenant);
+  });
+
+  tenantOpt(keys.command('rotate').description('add a key version and rewrap every data key under it (no data is decrypted)')).action(async (opts: { tenant: string; json?: boolean }, cmd: Command) => {
+    const r = await withRuntime(cmd, async (rt) => rt.keys.rotate(await tenantId(rt, opts.tenant)));
+    if (opts.json) printJson(r);
+    else println(`Rotated: version ${r.version} is current; ${r.rewrapped} data key(s) rewrapped.`);
+  });
+
+  tenantOpt(
+    keys
+      .command('reencrypt')
+      .description('re-encrypt all of a tenant\'s encrypted data under fresh data keys (resumable: run again after an interruption)')
+      .option('--batch-size <n>', 'rows per transaction', String(DEFAULT_REENCRYPT_BATCH)),
+  ).action(async (opts: { tenant: string; json?: boolean; batchSize: string }, cmd: Command) => {
+    const batchSize = positiveInt(opts.batchSize);
+    const bar = progressBar('re-encrypting');
+    const report = await withRuntime(cmd, async (rt) =>
+      reencryptTenant({ storage: rt.storage, keys: rt.keys, clock: rt.clock, sources: rt.encryptedSources }, await tenantId(rt, opts.tenant), {
+        batchSize,
+        onProgress: (p) => bar.update(p.processed, p.total),
+      }),
+    ).finally(() => bar.stop());
+    if (opts.json) printJson(report);
+    else println(`Re-encryption ${report.resumed ? 'resumed and ' : ''}finished: ${report.processed} value(s) visited, ${report.changed} re-encrypted.`);
+  });
+
+  keys
+    .command('rotation')
+    .description('set how often a provider-managed key rotates automatically')
+    .requiredOption('--tenant <name>', 'tenant name')
+    .requiredOption('--days <n>', 'rotation period in days (1-3650; default 365)')
+    .action(async (opts: { tenant: string; days: string }, cmd: Command) => {
+      await withRuntime(cmd, async (rt) => rt.keys.setRotationPeriod(await tenantId(rt, opts.tenant), positiveInt(opts.days)));
+      println(`Key of ${opts.tenant} rotates every ${opts.days} days.`);
+    });
+
+  keys
+    .command('rotate-master')
+    .description('rotate the provider master key: re-seal every tenant key ring under a new one (restart other nodes afterwards)')
+    .option('--json', 'print JSON')
+    .action(async (opts: { json?: boolean }, cmd: Command) => {
+      const r = await withRuntime(cmd, async (rt) => {
+        const res = await rotateMasterKey({ storage: rt.storage, keys: rt.keys, clock: rt.clock, masterKeyFile: rt.config.masterKeyFile });
+        rt.useMasterKey(res.next);
+        return { from: res.from, to: res.to, rewrapped: res.rewrapped };
+      });
+      if (opts.json) printJson(r);
+      else println(`Master key rotated (${r.from} -> ${r.to}); ${r.rewrapped} key version(s) re-sealed.`);
+    });
+
+  tenantOpt(
+    keys
+      .command('import-params')
+      .description('get the RSA-3072 public key to wrap customer key material with (RSA-OAEP, SHA-256); valid 24 hours')
+      .option('--out <file>', 'also write the public key (PEM) to this file'),
+  ).action(async (opts: { tenant: string; json?: boolean; out?: string }, cmd: Command) => {
+    const params = await withRuntime(cmd, async (rt) => rt.keys.importParameters(await tenantId(rt, opts.tenant)));
+    if (opts.out) await writeFile(opts.out, params.publicKeyPem);
+    if (opts.json) return printJson(params);
+    println(`Wrap 32 bytes of key material with RSAES-OAEP (SHA-256) under this key before ${params.expiresAt}:`);
+    println(params.publicKeyPem.trimEnd());
+  });
+
+  tenantOpt(keys.command('import').description('import wrapped customer key material; the ring becomes customer-managed').requiredOption('--file <file>', 'the wrapped key material (binary)')).action(
+    async (opts: { tenant: string; json?: boolean; file: string }, cmd: Command) => {
+      const wrapped = await readFile(opts.file);
+      const r = await withRuntime(cmd, async (rt) => rt.keys.importKeyMaterial(await tenantId(rt, opts.tenant), wrapped));
+      if (opts.json) printJson(r);
+      else println(`Imported as version ${r.version}; ${r.rewrapped} data key(s) rewrapped. The key is customer-managed.`);
+    },
+  );
+
+  for (const [name, description] of [
+    ['disable', 'disable a customer-managed key: all reads and writes of encrypted data fail until enabled'],
+    ['enable', 'enable a disabled customer-managed key'],
+    ['cancel-deletion', 'cancel a scheduled key deletion (the key comes back disabled)'],
+  ] as const) {
+    keys
+      .command(name)
+      .description(description)
+      .requiredOption('--tenant <name>', 'tenant name')
+      .action(async (opts: { tenant: string }, cmd: Command) => {
+        await withRuntime(cmd, async (rt) => {
+          const id = await tenantId(rt, opts.tenant);
+          if (name === 'disable') await rt.keys.disable(id);
+          else if (name === 'enable') await rt.keys.enable(id);
+          else await rt.keys.cancelDeletion(id);
+        });
+        println(`Key of ${opts.tenant}: ${name === 'enable' ? 'enabled' : name === 'disable' ? 'disabled' : 'deletion cancelled, key disabled'}.`);
+      });
+  }
+
+  keys
+    .command('schedule-deletion')
+    .description('schedule destruction of a customer-managed key in 7-30 days (crypto-shredding); unusable from now on')
+    .requiredOption('--tenant <name>', 'tenant name')
+    .requiredOption('--days <n>', 'days until destruction (7-30)')
+    .action(async (opts: { tenant: string; days: string }, cmd: Command) => {
+      await withRuntime(cmd, async (rt) => rt.keys.scheduleDeletion(await tenantId(rt, opts.tenant), positiveInt(opts.days)));
+      println(`Key of ${opts.tenant} will be destroyed in ${opts.days} days unless the deletion is cancelled.`);
+    });
+
+  return keys;
+}
