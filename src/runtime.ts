@@ -1,3 +1,4 @@
+import { AuditService } from './audit/audit-service.js';
 import type { Clock } from './core/clock.js';
 import { systemClock } from './core/clock.js';
 import type { Config } from './core/config.js';
@@ -6,6 +7,9 @@ import type { EncryptedSource } from './crypto/encrypted-source.js';
 import { KeyService } from './crypto/key-service.js';
 import { readMasterKeyFile } from './crypto/master-key.js';
 import { TenantSecrets } from './crypto/tenant-secrets.js';
+import { AlertService } from './alerts/alert-service.js';
+import { MailService } from './notify/mail-service.js';
+import { WebhookService } from './notify/webhook-service.js';
 import { resolveMasterKey } from './ops/master-key.js';
 import { TenantService } from './ops/tenant-service.js';
 import { openStorage } from './storage/open.js';
@@ -25,8 +29,13 @@ export interface Runtime {
   /** Switches the running process to a new master key after a committed rotation. */
   useMasterKey(key: Buffer): void;
   readonly tenants: TenantService;
+  /** The activity streams (tenants' and the provider's): append, record, query, verify, purge. */
+  readonly audit: AuditService;
   readonly keys: KeyService;
   readonly secrets: TenantSecrets;
+  readonly mail: MailService;
+  readonly webhooks: WebhookService;
+  readonly alerts: AlertService;
   /** Every table that holds field ciphertexts, for re-encryption. */
   readonly encryptedSources: readonly EncryptedSource[];
   close(): Promise<void>;
@@ -50,10 +59,14 @@ export async function openRuntime(config: Config, opts: OpenRuntimeOptions): Pro
   try {
     await storage.migrateControl();
     masterKey = await resolveMasterKey(storage, config.masterKeyFile, masterKey, clock);
+    const audit = await AuditService.open({ storage, clock, masterKey: () => masterKey, logger: opts.logger, config });
     const keys = new KeyService({ storage, clock, masterKey });
     const secrets = new TenantSecrets({ keys, clock });
     const encryptedSources: EncryptedSource[] = [TenantSecrets.source];
-    const tenants = new TenantService({ storage, clock, keys });
+    const mail = new MailService({ storage, clock, logger: opts.logger, smtpUrl: config.smtpUrl, mailFrom: config.mailFrom });
+    const webhooks = new WebhookService({ storage, clock, secrets, logger: opts.logger });
+    const alerts = new AlertService({ storage, clock, audit, mail, webhooks });
+    const tenants = new TenantService({ storage, clock, keys, audit });
     const recovered = await tenants.recover();
     if (recovered.removed.length > 0 || recovered.finishedDeleting.length > 0) {
       opts.logger.warn({ recovered }, 'finished tenant lifecycle work interrupted by a crash');
@@ -75,10 +88,18 @@ export async function openRuntime(config: Config, opts: OpenRuntimeOptions): Pro
         keys.useMasterKey(key);
       },
       tenants,
+      audit,
       keys,
       secrets,
+      mail,
+      webhooks,
+      alerts,
       encryptedSources,
-      close: () => storage.close(),
+      close: async () => {
+        mail.close();
+        await audit.close();
+        await storage.close();
+      },
     };
   } catch (err) {
     await storage.close().catch(() => undefined);

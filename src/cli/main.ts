@@ -19,6 +19,11 @@ function applyExitOverride(cmd: Command): void {
 async function main(argv: string[]): Promise<number> {
   // Everything Custos writes (stores, keys, certificates) is for its owner only.
   process.umask(0o077);
+  // `custos … | head` closes the pipe early: that is the reader's choice, not a failure.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw err;
+  });
   const program = buildProgram();
   applyExitOverride(program);
   try {

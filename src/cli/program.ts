@@ -1,8 +1,11 @@
 import { Command } from 'commander';
 import { VERSION } from '../version.js';
+import { auditCommand } from './commands/audit.js';
 import { configCommand } from './commands/config.js';
 import { initCommand } from './commands/init.js';
 import { keysCommand } from './commands/keys.js';
+import { mailCommand } from './commands/mail.js';
+import { maintenanceCommand } from './commands/maintenance.js';
 import { migrateCommand } from './commands/migrate.js';
 import { serveCommand, startCommand } from './commands/serve.js';
 import { tenantCommand } from './commands/tenant.js';
@@ -19,7 +22,10 @@ export function buildProgram(): Command {
   program.addCommand(serveCommand());
   program.addCommand(startCommand());
   program.addCommand(tenantCommand());
+  program.addCommand(auditCommand());
   program.addCommand(keysCommand());
+  program.addCommand(mailCommand());
+  program.addCommand(maintenanceCommand());
   program.addCommand(configCommand());
   program.addCommand(migrateCommand());
   return program;

@@ -42,6 +42,9 @@ export const CONFIG_SPEC = {
   trustedProxies: { env: 'CUSTOS_TRUSTED_PROXIES', kind: 'list', default: [], description: 'Comma-separated addresses or CIDRs whose X-Forwarded-For is believed.' },
   shutdownTimeoutMs: { env: 'CUSTOS_SHUTDOWN_TIMEOUT_MS', kind: 'int', default: 10000, min: 0, max: 600000, description: 'How long SIGTERM waits for in-flight requests before closing them.' },
   bodyLimitBytes: { env: 'CUSTOS_BODY_LIMIT_BYTES', kind: 'int', default: 1048576, min: 1024, max: 1073741824, description: 'Largest JSON request body accepted.' },
+  auditCheckpointDir: { env: 'CUSTOS_AUDIT_CHECKPOINT_DIR', kind: 'string', default: undefined, description: 'Directory outside the data directory where signed activity-stream checkpoints are appended (one JSON-lines file per stream, fsync\'d); `custos audit verify --checkpoints DIR` uses them to detect a truncated stream. Unset: no external copy.' },
+  smtpUrl: { env: 'CUSTOS_SMTP_URL', kind: 'string', default: undefined, secret: true, description: 'smtp://user:pass@host:port (STARTTLS when offered) or smtps://… to send mail; unset keeps mail in each tenant\'s outbox (custos mail list).' },
+  mailFrom: { env: 'CUSTOS_MAIL_FROM', kind: 'string', default: 'Custos <no-reply@localhost>', description: 'From address of the mail Custos sends.' },
 } as const satisfies Record<string, KeySpec>;
 
 export type ConfigKey = keyof typeof CONFIG_SPEC;
@@ -63,6 +66,9 @@ export interface Config {
   readonly trustedProxies: readonly string[];
   readonly shutdownTimeoutMs: number;
   readonly bodyLimitBytes: number;
+  readonly auditCheckpointDir: string | undefined;
+  readonly smtpUrl: string | undefined;
+  readonly mailFrom: string;
 }
 
 /** Where each effective value came from, for `custos config show`. */
@@ -184,6 +190,9 @@ export function loadConfig(inputs: ConfigInputs = {}): LoadedConfig {
   if (values.databaseUrl !== undefined && !/^postgres(ql)?:\/\//.test(values.databaseUrl as string)) {
     throw new CustosError('invalid_configuration', 'databaseUrl must start with postgres://');
   }
+  if (values.smtpUrl !== undefined && !/^smtps?:\/\//.test(values.smtpUrl as string)) {
+    throw new CustosError('invalid_configuration', 'smtpUrl must start with smtp:// or smtps://');
+  }
   if (!SCHEMA_NAME.test(values.databaseSchema as string)) {
     throw new CustosError('invalid_configuration', 'databaseSchema must be a lower-case SQL identifier');
   }
@@ -198,7 +207,7 @@ export function loadConfig(inputs: ConfigInputs = {}): LoadedConfig {
 /** Masks the password (and any secret) so the result can be printed or logged. */
 export function maskSecret(key: ConfigKey, value: unknown): unknown {
   if (value === undefined || !('secret' in CONFIG_SPEC[key])) return value;
-  if (key === 'databaseUrl' && typeof value === 'string') {
+  if ((key === 'databaseUrl' || key === 'smtpUrl') && typeof value === 'string') {
     try {
       const u = new URL(value);
       if (u.password) u.password = '****';

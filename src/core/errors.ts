@@ -12,6 +12,7 @@ export const ERROR_CATALOGUE = {
   invalid_tenant_name: { status: 400, title: 'Invalid tenant name' },
   invalid_edition: { status: 400, title: 'Unknown edition' },
   invalid_configuration: { status: 400, title: 'Invalid configuration' },
+  audit_event_invalid: { status: 400, title: 'The activity event is invalid' },
   key_import_invalid: { status: 400, title: 'The imported key material is invalid' },
   authentication_required: { status: 401, title: 'Authentication is required' },
   invalid_credentials: { status: 401, title: 'Invalid credentials' },
@@ -21,6 +22,7 @@ export const ERROR_CATALOGUE = {
   tenant_not_found: { status: 404, title: 'Tenant not found' },
   conflict: { status: 409, title: 'The request conflicts with the current state' },
   tenant_exists: { status: 409, title: 'A tenant with this name already exists' },
+  audit_chain_invalid: { status: 409, title: 'The activity stream fails verification' },
   payload_too_large: { status: 413, title: 'The request body is too large' },
   unsupported_media_type: { status: 415, title: 'Unsupported media type' },
   rate_limited: { status: 429, title: 'Too many requests' },
@@ -31,6 +33,7 @@ export const ERROR_CATALOGUE = {
   internal_error: { status: 500, title: 'Internal error' },
   storage_unavailable: { status: 503, title: 'The storage backend is unavailable' },
   service_unavailable: { status: 503, title: 'The service is unavailable' },
+  audit_unavailable: { status: 503, title: 'The activity stream could not record the action' },
 } as const satisfies Record<string, { status: number; title: string }>;
 
 export type ErrorCode = keyof typeof ERROR_CATALOGUE;

@@ -4,6 +4,7 @@ import path from 'node:path';
 import type { Config, LoadedConfig } from '../core/config.js';
 import { CustosError } from '../core/errors.js';
 import { writeSecretFile } from '../core/files.js';
+import { ensureAuditSigningKey } from '../audit/signing-key.js';
 import { createMasterKeyFile } from '../crypto/master-key.js';
 
 export interface InitReport {
@@ -53,5 +54,8 @@ export async function initDataDir(loaded: LoadedConfig): Promise<InitReport> {
     await createMasterKeyFile(config.masterKeyFile);
     report.created.push(config.masterKeyFile);
   }
+
+  const signing = await ensureAuditSigningKey(config.dataDir);
+  (signing.created ? report.created : report.kept).push(signing.file);
   return report;
 }

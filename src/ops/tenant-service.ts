@@ -5,6 +5,9 @@ import { failpoint } from '../core/failpoint.js';
 import { newId } from '../core/ids.js';
 import { isProcessGone, processIdentity } from '../core/process-identity.js';
 import { checkEdition, checkEmail, checkTenantName, type Edition } from '../core/validation.js';
+import type { AuditService } from '../audit/audit-service.js';
+import type { Actor } from '../core/principal.js';
+import { SYSTEM_ACTOR } from '../core/principal.js';
 import type { KeyService } from '../crypto/key-service.js';
 import { insertInitialAdmin, prepareInitialAdmin, type IssuedAdmin } from '../iam/initial-admin.js';
 import type { TenantsTable } from '../storage/schema.js';
@@ -50,12 +53,14 @@ export class TenantService {
   readonly #storage: Storage;
   readonly #clock: Clock;
   readonly #keys: KeyService;
+  readonly #audit: AuditService;
   readonly #identity: string;
 
-  constructor(deps: { storage: Storage; clock: Clock; keys: KeyService }) {
+  constructor(deps: { storage: Storage; clock: Clock; keys: KeyService; audit: AuditService }) {
     this.#storage = deps.storage;
     this.#clock = deps.clock;
     this.#keys = deps.keys;
+    this.#audit = deps.audit;
     this.#identity = processIdentity();
   }
 
@@ -72,7 +77,12 @@ export class TenantService {
     };
   }
 
-  async create(input: { name: unknown; edition: unknown; adminEmail: unknown }): Promise<CreatedTenant> {
+  /**
+   * Creates a tenant: its key ring, its store, its first Account Administrator
+   * (with a temporary password returned once), recorded in the tenant's own
+   * activity stream and in the provider's.
+   */
+  async create(input: { name: unknown; edition: unknown; adminEmail: unknown }, actor: Actor): Promise<CreatedTenant> {
     const name = checkTenantName(input.name);
     const edition = checkEdition(input.edition);
     const adminEmail = checkEmail(input.adminEmail);
@@ -99,17 +109,29 @@ export class TenantService {
     try {
       await this.#storage.createTenantStore(id);
       failpoint('tenant-create:after-store');
-      await this.#storage.tenant(id).transaction((db) => insertInitialAdmin(db, admin, now));
+      const resource = { type: 'tenant', id, name };
+      await this.#storage.tenant(id).transaction(async (db) => {
+        await this.#audit.append(db, id, { type: 'tenant.create', outcome: 'success', actor, resource, details: { edition } });
+        await insertInitialAdmin(db, admin, now);
+        await this.#audit.append(db, id, {
+          type: 'iam.user.create',
+          outcome: 'success',
+          actor,
+          resource: { type: 'user', id: admin.issued.id, name: admin.issued.username },
+          change: { after: { username: admin.issued.username, email: adminEmail, kind: 'console', roles: ['account-administrator'], mustChangePassword: true }, sensitive: ['email'] },
+        });
+      });
       failpoint('tenant-create:after-admin');
-      const activated = await this.#storage.controlTransaction((db) =>
-        db
+      await this.#storage.controlTransaction(async (db) => {
+        const activated = await db
           .updateTable('tenants')
           .set({ status: 'active', lifecycle_owner: null, updated_at: this.#clock.now() })
           .where('id', '=', id)
           .where('status', '=', 'provisioning')
-          .executeTakeFirst(),
-      );
-      if (Number(activated.numUpdatedRows) !== 1) throw new CustosError('conflict', 'tenant creation was interrupted');
+          .executeTakeFirst();
+        if (Number(activated.numUpdatedRows) !== 1) throw new CustosError('conflict', 'tenant creation was interrupted');
+        await this.#audit.appendProvider(db, { type: 'tenant.create', outcome: 'success', actor, resource, details: { edition } });
+      });
     } catch (err) {
       await this.#undoProvisioning(id).catch(() => undefined);
       throw err;
@@ -175,37 +197,57 @@ export class TenantService {
       .executeTakeFirst();
   }
 
-  async #setStatus(name: unknown, from: 'active' | 'suspended', to: 'active' | 'suspended'): Promise<TenantView> {
+  /**
+   * Changes a tenant's status. The tenant's own stream records the operator's
+   * action first — if the tenant cannot be told, nothing happens — then the
+   * change commits together with the provider stream's event.
+   */
+  async #setStatus(name: unknown, from: 'active' | 'suspended', to: 'active' | 'suspended', actor: Actor): Promise<TenantView> {
     const n = checkTenantName(name);
     const row = await this.#row(n);
     if (row.status === to) return this.#view(row);
     if (row.status !== from) throw new CustosError('conflict', `tenant ${n} is ${row.status}`);
-    await this.#storage.controlTransaction((db) =>
-      db.updateTable('tenants').set({ status: to, updated_at: this.#clock.now() }).where('id', '=', row.id).where('status', '=', from).execute(),
-    );
+    const type = to === 'suspended' ? 'tenant.suspend' : 'tenant.resume';
+    const resource = { type: 'tenant', id: row.id, name: row.name };
+    const change = { before: { status: from }, after: { status: to } };
+    await this.#audit.record(row.id, { type, outcome: 'success', actor, resource, change });
+    try {
+      await this.#storage.controlTransaction(async (db) => {
+        await db.updateTable('tenants').set({ status: to, updated_at: this.#clock.now() }).where('id', '=', row.id).where('status', '=', from).execute();
+        await this.#audit.appendProvider(db, { type, outcome: 'success', actor, resource, change });
+      });
+    } catch (err) {
+      await this.#audit.record(row.id, { type, outcome: 'failure', code: 'internal_error', actor, resource, details: { note: 'the change announced by the previous event did not happen' } }).catch(() => undefined);
+      throw err;
+    }
     return this.#view(await this.#row(n));
   }
 
   /** Suspends a tenant: its users and API clients are refused (403 tenant_suspended) until it resumes. Idempotent. */
-  suspend(name: unknown): Promise<TenantView> {
-    return this.#setStatus(name, 'active', 'suspended');
+  suspend(name: unknown, actor: Actor): Promise<TenantView> {
+    return this.#setStatus(name, 'active', 'suspended', actor);
   }
 
-  resume(name: unknown): Promise<TenantView> {
-    return this.#setStatus(name, 'suspended', 'active');
+  resume(name: unknown, actor: Actor): Promise<TenantView> {
+    return this.#setStatus(name, 'suspended', 'active', actor);
   }
 
-  /** Deletes a tenant and its store. The name becomes free again. */
-  async delete(name: unknown): Promise<{ id: string; name: string }> {
+  /**
+   * Deletes a tenant: its key ring is destroyed first (crypto-shredding), then
+   * its store. The name becomes free again. The provider stream keeps the
+   * record; the tenant's own stream goes with its store.
+   */
+  async delete(name: unknown, actor: Actor): Promise<{ id: string; name: string }> {
     const n = checkTenantName(name);
     const row = await this.#row(n);
-    await this.#storage.controlTransaction((db) =>
-      db
+    await this.#storage.controlTransaction(async (db) => {
+      await db
         .updateTable('tenants')
         .set({ status: 'deleting', lifecycle_owner: this.#identity, updated_at: this.#clock.now() })
         .where('id', '=', row.id)
-        .execute(),
-    );
+        .execute();
+      await this.#audit.appendProvider(db, { type: 'tenant.delete', outcome: 'success', actor, resource: { type: 'tenant', id: row.id, name: row.name }, details: { edition: row.edition } });
+    });
     failpoint('tenant-delete:after-mark');
     await this.#finishDeleting(row.id);
     return { id: row.id, name: row.name };
@@ -236,11 +278,14 @@ export class TenantService {
       const gone = row.lifecycle_owner === null ? true : isProcessGone(row.lifecycle_owner);
       const abandoned = gone ?? this.#clock.now() - row.updated_at > FOREIGN_LIFECYCLE_TIMEOUT_MS;
       if (!abandoned) continue;
+      const resource = { type: 'tenant', id: row.id, name: row.name };
       if (row.status === 'provisioning') {
         await this.#undoProvisioning(row.id);
+        await this.#audit.recordProvider({ type: 'tenant.create', outcome: 'failure', code: 'conflict', actor: SYSTEM_ACTOR, resource, details: { recovery: 'removed a tenant whose creation was interrupted' } });
         report.removed.push(row.name);
       } else {
         await this.#finishDeleting(row.id);
+        await this.#audit.recordProvider({ type: 'tenant.delete', outcome: 'success', actor: SYSTEM_ACTOR, resource, details: { recovery: 'finished a deletion that was interrupted' } });
         report.finishedDeleting.push(row.name);
       }
     }

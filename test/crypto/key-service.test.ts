@@ -11,7 +11,7 @@ import type { EncryptedSource } from '../../src/crypto/encrypted-source.js';
 import { rotateMasterKey, stagedMasterKeyFile } from '../../src/ops/master-key.js';
 import { openRuntime } from '../../src/runtime.js';
 import { createLogger } from '../../src/core/logger.js';
-import { describeEachStorage, makeRuntime, type TestRuntime } from '../helpers/storage-kinds.js';
+import { describeEachStorage, makeRuntime, type TestRuntime, TEST_OPERATOR } from '../helpers/storage-kinds.js';
 
 const DAY = 24 * 3600 * 1000;
 
@@ -24,7 +24,7 @@ describeEachStorage('key hierarchy', (kind) => {
   });
   afterAll(async () => rt.close());
 
-  const newTenant = async (name: string) => (await rt.tenants.create({ name, edition: 'enterprise', adminEmail: `ops@${name}.example` })).id;
+  const newTenant = async (name: string) => (await rt.tenants.create({ name, edition: 'enterprise', adminEmail: `ops@${name}.example` }, TEST_OPERATOR)).id;
   const put = (t: string, name: string, value: string) => rt.storage.tenant(t).transaction((db) => rt.secrets.put(db, t, 'test', name, value));
   const get = async (t: string, name: string) => (await rt.storage.tenant(t).transaction((db) => rt.secrets.get(db, t, 'test', name))).toString();
   const dataKeys = (t: string) => rt.storage.tenant(t).transaction((db) => db.selectFrom('data_keys').selectAll().orderBy('generation').execute());
@@ -224,7 +224,7 @@ describeEachStorage('key hierarchy', (kind) => {
         copyFileSync(loc.file, copy);
         if (existsSync(`${loc.file}-wal`)) copyFileSync(`${loc.file}-wal`, `${copy}-wal`);
       }
-      await rt.tenants.delete('shred-me');
+      await rt.tenants.delete('shred-me', TEST_OPERATOR);
       expect(await rt.storage.control.selectFrom('key_versions').selectAll().where('tenant_id', '=', t).execute()).toEqual([]);
       expect(await rt.storage.control.selectFrom('key_rings').selectAll().where('tenant_id', '=', t).execute()).toEqual([]);
 

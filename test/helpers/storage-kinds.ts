@@ -5,6 +5,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { describe, inject } from 'vitest';
 import { loadConfig, type Config } from '../../src/core/config.js';
+import type { Actor } from '../../src/core/principal.js';
 import type { ManualClock} from '../../src/core/clock.js';
 import { type Clock } from '../../src/core/clock.js';
 import { createLogger } from '../../src/core/logger.js';
@@ -104,3 +105,6 @@ export async function makeRuntime(kind: StorageKind, opts: { clock?: ManualClock
     },
   }) as TestRuntime & { manualClock: ManualClock | undefined };
 }
+
+/** The provider operator tests act as. */
+export const TEST_OPERATOR: Actor = Object.freeze({ principal: Object.freeze({ type: 'operator' as const, id: 'operator@test', name: 'operator' }) });

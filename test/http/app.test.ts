@@ -3,7 +3,7 @@ import { Type } from 'typebox';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/core/clock.js';
 import { expectProblem, makeApp } from '../helpers/app.js';
-import { describeEachStorage, makeRuntime, type TestRuntime } from '../helpers/storage-kinds.js';
+import { describeEachStorage, makeRuntime, type TestRuntime, TEST_OPERATOR } from '../helpers/storage-kinds.js';
 
 describeEachStorage('http app', (kind) => {
   let rt: TestRuntime;
@@ -12,9 +12,9 @@ describeEachStorage('http app', (kind) => {
 
   beforeAll(async () => {
     rt = await makeRuntime(kind, { clock });
-    await rt.tenants.create({ name: 'acme', edition: 'enterprise', adminEmail: 'ops@acme.example' });
-    await rt.tenants.create({ name: 'frozen', edition: 'standard', adminEmail: 'ops@frozen.example' });
-    await rt.tenants.suspend('frozen');
+    await rt.tenants.create({ name: 'acme', edition: 'enterprise', adminEmail: 'ops@acme.example' }, TEST_OPERATOR);
+    await rt.tenants.create({ name: 'frozen', edition: 'standard', adminEmail: 'ops@frozen.example' }, TEST_OPERATOR);
+    await rt.tenants.suspend('frozen', TEST_OPERATOR);
     app = await makeApp(rt, (a) => {
       a.post(
         '/test/echo',
@@ -156,10 +156,10 @@ describeEachStorage('http app', (kind) => {
 
     it('follows suspension and resumption within the cache lifetime', async () => {
       expect((await app.inject('/api/v1/auth/options?tenant=acme')).statusCode).toBe(200);
-      await rt.tenants.suspend('acme');
+      await rt.tenants.suspend('acme', TEST_OPERATOR);
       clock.advance(1001);
       expectProblem(await app.inject('/api/v1/auth/options?tenant=acme'), 403, 'tenant_suspended');
-      await rt.tenants.resume('acme');
+      await rt.tenants.resume('acme', TEST_OPERATOR);
       clock.advance(1001);
       expect((await app.inject('/api/v1/auth/options?tenant=acme')).statusCode).toBe(200);
     });

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { verifyPassword } from '../../src/crypto/password-hash.js';
 import { hostname } from 'node:os';
-import { describeEachStorage, makeRuntime, type TestRuntime } from '../helpers/storage-kinds.js';
+import { describeEachStorage, makeRuntime, type TestRuntime, TEST_OPERATOR } from '../helpers/storage-kinds.js';
 
 describeEachStorage('tenant lifecycle', (kind) => {
   let rt: TestRuntime;
@@ -16,7 +16,7 @@ describeEachStorage('tenant lifecycle', (kind) => {
 
   describe('create', () => {
     it('creates an active tenant with its first Account Administrator', async () => {
-      const t = await rt.tenants.create({ name: 'acme', edition: 'enterprise', adminEmail: 'ops@acme.example' });
+      const t = await rt.tenants.create({ name: 'acme', edition: 'enterprise', adminEmail: 'ops@acme.example' }, TEST_OPERATOR);
       expect(t).toMatchObject({ name: 'acme', edition: 'enterprise', status: 'active', adminEmail: 'ops@acme.example' });
       expect(t.id).toMatch(/^[0-9a-z]{26}$/);
       expect(t.admin.username).toBe('admin');
@@ -37,7 +37,7 @@ describeEachStorage('tenant lifecycle', (kind) => {
     });
 
     it('never stores the temporary password in clear', async () => {
-      const t = await rt.tenants.create({ name: 'clear-check', edition: 'standard', adminEmail: 'a@b.example' });
+      const t = await rt.tenants.create({ name: 'clear-check', edition: 'standard', adminEmail: 'a@b.example' }, TEST_OPERATOR);
       if (kind === 'sqlite') {
         for (const f of readdirSync(rt.env.dataDir, { recursive: true }) as string[]) {
           const full = path.join(rt.env.dataDir, f);
@@ -55,7 +55,7 @@ describeEachStorage('tenant lifecycle', (kind) => {
 
     it('refuses a duplicate name and changes nothing', async () => {
       const before = await rows();
-      await expect(rt.tenants.create({ name: 'acme', edition: 'standard', adminEmail: 'x@y.example' })).rejects.toMatchObject({ code: 'tenant_exists' });
+      await expect(rt.tenants.create({ name: 'acme', edition: 'standard', adminEmail: 'x@y.example' }, TEST_OPERATOR)).rejects.toMatchObject({ code: 'tenant_exists' });
       expect(await rows()).toEqual(before);
     });
 
@@ -66,13 +66,13 @@ describeEachStorage('tenant lifecycle', (kind) => {
       [{ name: undefined, edition: 'standard', adminEmail: 'x@y.example' }, 'invalid_tenant_name'],
     ])('refuses bad input %o with %s and creates nothing', async (input, code) => {
       const before = await rows();
-      await expect(rt.tenants.create(input)).rejects.toMatchObject({ code });
+      await expect(rt.tenants.create(input, TEST_OPERATOR)).rejects.toMatchObject({ code });
       expect(await rows()).toEqual(before);
     });
 
     it('creates many tenants concurrently, each once', async () => {
       const names = Array.from({ length: 6 }, (_, i) => `para-${i}`);
-      const results = await Promise.allSettled([...names, ...names].map((name) => rt.tenants.create({ name, edition: 'standard', adminEmail: 'p@q.example' })));
+      const results = await Promise.allSettled([...names, ...names].map((name) => rt.tenants.create({ name, edition: 'standard', adminEmail: 'p@q.example' }, TEST_OPERATOR)));
       const ok = results.filter((r) => r.status === 'fulfilled');
       const dup = results.filter((r) => r.status === 'rejected');
       expect(ok).toHaveLength(6);
@@ -96,26 +96,26 @@ describeEachStorage('tenant lifecycle', (kind) => {
     it('answers tenant_not_found for unknown names and invalid_tenant_name for bad ones', async () => {
       await expect(rt.tenants.show('nobody-here')).rejects.toMatchObject({ code: 'tenant_not_found' });
       await expect(rt.tenants.show('../x')).rejects.toMatchObject({ code: 'invalid_tenant_name' });
-      await expect(rt.tenants.suspend('nobody-here')).rejects.toMatchObject({ code: 'tenant_not_found' });
+      await expect(rt.tenants.suspend('nobody-here', TEST_OPERATOR)).rejects.toMatchObject({ code: 'tenant_not_found' });
     });
 
     it('suspends and resumes, idempotently', async () => {
-      expect((await rt.tenants.suspend('acme')).status).toBe('suspended');
-      expect((await rt.tenants.suspend('acme')).status).toBe('suspended');
+      expect((await rt.tenants.suspend('acme', TEST_OPERATOR)).status).toBe('suspended');
+      expect((await rt.tenants.suspend('acme', TEST_OPERATOR)).status).toBe('suspended');
       expect((await rt.tenants.show('acme')).status).toBe('suspended');
-      expect((await rt.tenants.resume('acme')).status).toBe('active');
-      expect((await rt.tenants.resume('acme')).status).toBe('active');
+      expect((await rt.tenants.resume('acme', TEST_OPERATOR)).status).toBe('active');
+      expect((await rt.tenants.resume('acme', TEST_OPERATOR)).status).toBe('active');
     });
   });
 
   describe('delete', () => {
     it('deletes the tenant and its store; the name is free again', async () => {
-      const t = await rt.tenants.create({ name: 'doomed', edition: 'standard', adminEmail: 'd@x.example' });
+      const t = await rt.tenants.create({ name: 'doomed', edition: 'standard', adminEmail: 'd@x.example' }, TEST_OPERATOR);
       expect(await rt.storage.tenantStoreExists(t.id)).toBe(true);
-      await rt.tenants.delete('doomed');
+      await rt.tenants.delete('doomed', TEST_OPERATOR);
       expect(await rt.storage.tenantStoreExists(t.id)).toBe(false);
       await expect(rt.tenants.show('doomed')).rejects.toMatchObject({ code: 'tenant_not_found' });
-      const again = await rt.tenants.create({ name: 'doomed', edition: 'standard', adminEmail: 'd@x.example' });
+      const again = await rt.tenants.create({ name: 'doomed', edition: 'standard', adminEmail: 'd@x.example' }, TEST_OPERATOR);
       expect(again.id).not.toBe(t.id);
     });
   });
@@ -148,7 +148,7 @@ describeEachStorage('tenant lifecycle', (kind) => {
     });
 
     it('finishes deleting a half-deleted tenant whose process died', async () => {
-      const t = await rt.tenants.create({ name: 'half-gone', edition: 'standard', adminEmail: 'h@x.example' });
+      const t = await rt.tenants.create({ name: 'half-gone', edition: 'standard', adminEmail: 'h@x.example' }, TEST_OPERATOR);
       await rt.storage.control.updateTable('tenants').set({ status: 'deleting', lifecycle_owner: `${hostname()}:999999999:0` }).where('id', '=', t.id).execute();
       const report = await rt.tenants.recover();
       expect(report.finishedDeleting).toContain('half-gone');

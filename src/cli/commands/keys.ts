@@ -2,8 +2,9 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { Command } from 'commander';
 import { CustosError } from '../../core/errors.js';
 import type { KeyRingView } from '../../crypto/key-service.js';
-import { reencryptTenant, DEFAULT_REENCRYPT_BATCH } from '../../crypto/reencrypt.js';
-import { rotateMasterKey } from '../../ops/master-key.js';
+import { operatorActor } from '../../core/principal.js';
+import { DEFAULT_REENCRYPT_BATCH } from '../../crypto/reencrypt.js';
+import { keyOperations } from '../../ops/key-operations.js';
 import type { Runtime } from '../../runtime.js';
 import { withRuntime } from '../context.js';
 import { printJson, println, printTable } from '../output.js';
@@ -40,7 +41,7 @@ export function keysCommand(): Command {
   });
 
   tenantOpt(keys.command('rotate').description('add a key version and rewrap every data key under it (no data is decrypted)')).action(async (opts: { tenant: string; json?: boolean }, cmd: Command) => {
-    const r = await withRuntime(cmd, async (rt) => rt.keys.rotate(await tenantId(rt, opts.tenant)));
+    const r = await withRuntime(cmd, async (rt) => keyOperations.rotate(rt, await tenantId(rt, opts.tenant), operatorActor()));
     if (opts.json) printJson(r);
     else println(`Rotated: version ${r.version} is current; ${r.rewrapped} data key(s) rewrapped.`);
   });
@@ -54,10 +55,7 @@ export function keysCommand(): Command {
     const batchSize = positiveInt(opts.batchSize);
     const bar = progressBar('re-encrypting');
     const report = await withRuntime(cmd, async (rt) =>
-      reencryptTenant({ storage: rt.storage, keys: rt.keys, clock: rt.clock, sources: rt.encryptedSources }, await tenantId(rt, opts.tenant), {
-        batchSize,
-        onProgress: (p) => bar.update(p.processed, p.total),
-      }),
+      keyOperations.reencrypt(rt, await tenantId(rt, opts.tenant), operatorActor(), { batchSize, onProgress: (p) => bar.update(p.processed, p.total) }),
     ).finally(() => bar.stop());
     if (opts.json) printJson(report);
     else println(`Re-encryption ${report.resumed ? 'resumed and ' : ''}finished: ${report.processed} value(s) visited, ${report.changed} re-encrypted.`);
@@ -69,7 +67,7 @@ export function keysCommand(): Command {
     .requiredOption('--tenant <name>', 'tenant name')
     .requiredOption('--days <n>', 'rotation period in days (1-3650; default 365)')
     .action(async (opts: { tenant: string; days: string }, cmd: Command) => {
-      await withRuntime(cmd, async (rt) => rt.keys.setRotationPeriod(await tenantId(rt, opts.tenant), positiveInt(opts.days)));
+      await withRuntime(cmd, async (rt) => keyOperations.setRotationPeriod(rt, await tenantId(rt, opts.tenant), positiveInt(opts.days), operatorActor()));
       println(`Key of ${opts.tenant} rotates every ${opts.days} days.`);
     });
 
@@ -78,11 +76,7 @@ export function keysCommand(): Command {
     .description('rotate the provider master key: re-seal every tenant key ring under a new one (restart other nodes afterwards)')
     .option('--json', 'print JSON')
     .action(async (opts: { json?: boolean }, cmd: Command) => {
-      const r = await withRuntime(cmd, async (rt) => {
-        const res = await rotateMasterKey({ storage: rt.storage, keys: rt.keys, clock: rt.clock, masterKeyFile: rt.config.masterKeyFile });
-        rt.useMasterKey(res.next);
-        return { from: res.from, to: res.to, rewrapped: res.rewrapped };
-      });
+      const r = await withRuntime(cmd, (rt) => keyOperations.rotateMaster(rt, operatorActor()));
       if (opts.json) printJson(r);
       else println(`Master key rotated (${r.from} -> ${r.to}); ${r.rewrapped} key version(s) re-sealed.`);
     });
@@ -103,7 +97,7 @@ export function keysCommand(): Command {
   tenantOpt(keys.command('import').description('import wrapped customer key material; the ring becomes customer-managed').requiredOption('--file <file>', 'the wrapped key material (binary)')).action(
     async (opts: { tenant: string; json?: boolean; file: string }, cmd: Command) => {
       const wrapped = await readFile(opts.file);
-      const r = await withRuntime(cmd, async (rt) => rt.keys.importKeyMaterial(await tenantId(rt, opts.tenant), wrapped));
+      const r = await withRuntime(cmd, async (rt) => keyOperations.importKeyMaterial(rt, await tenantId(rt, opts.tenant), wrapped, operatorActor()));
       if (opts.json) printJson(r);
       else println(`Imported as version ${r.version}; ${r.rewrapped} data key(s) rewrapped. The key is customer-managed.`);
     },
@@ -121,9 +115,9 @@ export function keysCommand(): Command {
       .action(async (opts: { tenant: string }, cmd: Command) => {
         await withRuntime(cmd, async (rt) => {
           const id = await tenantId(rt, opts.tenant);
-          if (name === 'disable') await rt.keys.disable(id);
-          else if (name === 'enable') await rt.keys.enable(id);
-          else await rt.keys.cancelDeletion(id);
+          if (name === 'disable') await keyOperations.disable(rt, id, operatorActor());
+          else if (name === 'enable') await keyOperations.enable(rt, id, operatorActor());
+          else await keyOperations.cancelDeletion(rt, id, operatorActor());
         });
         println(`Key of ${opts.tenant}: ${name === 'enable' ? 'enabled' : name === 'disable' ? 'disabled' : 'deletion cancelled, key disabled'}.`);
       });
@@ -135,7 +129,7 @@ export function keysCommand(): Command {
     .requiredOption('--tenant <name>', 'tenant name')
     .requiredOption('--days <n>', 'days until destruction (7-30)')
     .action(async (opts: { tenant: string; days: string }, cmd: Command) => {
-      await withRuntime(cmd, async (rt) => rt.keys.scheduleDeletion(await tenantId(rt, opts.tenant), positiveInt(opts.days)));
+      await withRuntime(cmd, async (rt) => keyOperations.scheduleDeletion(rt, await tenantId(rt, opts.tenant), positiveInt(opts.days), operatorActor()));
       println(`Key of ${opts.tenant} will be destroyed in ${opts.days} days unless the deletion is cancelled.`);
     });
 

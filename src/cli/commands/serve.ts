@@ -2,11 +2,13 @@ import { Command } from 'commander';
 import { createLogger } from '../../core/logger.js';
 import type { RunningServer } from '../../http/server.js';
 import { initDataDir, isInitialized } from '../../ops/init.js';
+import { Maintenance } from '../../ops/maintenance.js';
 import { openRuntime, type Runtime } from '../../runtime.js';
 import { configFor } from '../context.js';
 import { println } from '../output.js';
 import { printCreatedTenant } from './tenant.js';
 import { CustosError } from '../../core/errors.js';
+import { operatorActor } from '../../core/principal.js';
 
 function serverOptions(cmd: Command): Command {
   return cmd
@@ -23,15 +25,25 @@ async function startServer(rt: Runtime): Promise<RunningServer> {
   return start(rt);
 }
 
-/** Resolves when SIGTERM or SIGINT arrives and the server has drained. */
+/**
+ * Runs the scheduled work (delivery, checkpoints, rotation, retention) beside
+ * the server and resolves when SIGTERM or SIGINT arrives and both have drained.
+ */
 function untilSignal(server: RunningServer, rt: Runtime): Promise<void> {
+  const maintenance = new Maintenance(rt);
+  rt.mail.onEnqueue((tenantId) => maintenance.poke(tenantId));
+  rt.webhooks.onEnqueue((tenantId) => maintenance.poke(tenantId));
+  maintenance.start();
   return new Promise((resolve, reject) => {
     const onSignal = (signal: NodeJS.Signals) => {
       rt.logger.info({ signal }, 'shutting down: finishing in-flight requests');
-      server.stop().then(() => {
-        rt.logger.info('stopped');
-        resolve();
-      }, reject);
+      maintenance
+        .stop()
+        .then(() => server.stop())
+        .then(() => {
+          rt.logger.info('stopped');
+          resolve();
+        }, reject);
     };
     process.once('SIGTERM', onSignal);
     process.once('SIGINT', onSignal);
@@ -72,7 +84,7 @@ export function startCommand(): Command {
     let created;
     try {
       if (!(await rt.tenants.findUsable(DEMO_TENANT))) {
-        created = await rt.tenants.create({ name: DEMO_TENANT, edition: 'enterprise', adminEmail: 'admin@demo.example' });
+        created = await rt.tenants.create({ name: DEMO_TENANT, edition: 'enterprise', adminEmail: 'admin@demo.example' }, operatorActor());
       }
     } catch (err) {
       await rt.close();

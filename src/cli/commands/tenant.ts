@@ -1,5 +1,6 @@
 import { Command, Option } from 'commander';
 import { CustosError } from '../../core/errors.js';
+import { operatorActor } from '../../core/principal.js';
 import { EDITIONS } from '../../core/validation.js';
 import type { CreatedTenant, TenantView } from '../../ops/tenant-service.js';
 import { withRuntime } from '../context.js';
@@ -44,7 +45,7 @@ export function tenantCommand(): Command {
     .requiredOption('--admin-email <email>', 'email address of the first Account Administrator')
     .option('--json', 'print JSON')
     .action(async (name: string, opts: { edition: string; adminEmail: string; json?: boolean }, cmd: Command) => {
-      const created = await withRuntime(cmd, (rt) => rt.tenants.create({ name, edition: opts.edition, adminEmail: opts.adminEmail }));
+      const created = await withRuntime(cmd, (rt) => rt.tenants.create({ name, edition: opts.edition, adminEmail: opts.adminEmail }, operatorActor()));
       if (opts.json) printJson(created);
       else printCreatedTenant(created);
     });
@@ -80,7 +81,7 @@ export function tenantCommand(): Command {
     .argument('<name>')
     .option('--json', 'print JSON')
     .action(async (name: string, opts: { json?: boolean }, cmd: Command) => {
-      const t = await withRuntime(cmd, (rt) => rt.tenants.suspend(name));
+      const t = await withRuntime(cmd, (rt) => rt.tenants.suspend(name, operatorActor()));
       if (opts.json) printJson(t);
       else println(`Tenant ${t.name} is suspended.`);
     });
@@ -91,7 +92,7 @@ export function tenantCommand(): Command {
     .argument('<name>')
     .option('--json', 'print JSON')
     .action(async (name: string, opts: { json?: boolean }, cmd: Command) => {
-      const t = await withRuntime(cmd, (rt) => rt.tenants.resume(name));
+      const t = await withRuntime(cmd, (rt) => rt.tenants.resume(name, operatorActor()));
       if (opts.json) printJson(t);
       else println(`Tenant ${t.name} is active.`);
     });
@@ -110,7 +111,7 @@ export function tenantCommand(): Command {
         return println(`Would delete tenant ${t.name} (${t.id}) and its store ${describeStore(t)}.`);
       }
       if (!opts.yes) throw new CustosError('validation_failed', 'deleting a tenant destroys its data for good; add --yes to confirm');
-      const deleted = await withRuntime(cmd, (rt) => rt.tenants.delete(name));
+      const deleted = await withRuntime(cmd, (rt) => rt.tenants.delete(name, operatorActor()));
       if (opts.json) printJson({ deleted });
       else println(`Deleted tenant ${deleted.name} (${deleted.id}).`);
     });
