@@ -263,7 +263,8 @@ export class KeyService {
       await opts.onControl?.(db, v);
       return v;
     });
-    this.#rings.delete(tenantId);
+    // Unwrapped keys of the old wraps leave memory with the rotation.
+    this.#forget(tenantId);
     const rewrapped = await this.rewrap(tenantId);
     return { version, rewrapped };
   }
