@@ -8,6 +8,12 @@ import { KeyService } from './crypto/key-service.js';
 import { readMasterKeyFile } from './crypto/master-key.js';
 import { TenantSecrets } from './crypto/tenant-secrets.js';
 import { AlertService } from './alerts/alert-service.js';
+import { AccountService } from './iam/account-service.js';
+import { LoginService } from './iam/login-service.js';
+import { Mfa } from './iam/mfa.js';
+import { SecuritySettingsStore } from './iam/security-settings.js';
+import { SessionService } from './iam/session-service.js';
+import { UserService } from './iam/user-service.js';
 import { MailService } from './notify/mail-service.js';
 import { WebhookService } from './notify/webhook-service.js';
 import { resolveMasterKey } from './ops/master-key.js';
@@ -36,6 +42,12 @@ export interface Runtime {
   readonly mail: MailService;
   readonly webhooks: WebhookService;
   readonly alerts: AlertService;
+  readonly securitySettings: SecuritySettingsStore;
+  readonly sessions: SessionService;
+  readonly mfa: Mfa;
+  readonly login: LoginService;
+  readonly users: UserService;
+  readonly account: AccountService;
   /** Every table that holds field ciphertexts, for re-encryption. */
   readonly encryptedSources: readonly EncryptedSource[];
   close(): Promise<void>;
@@ -66,6 +78,12 @@ export async function openRuntime(config: Config, opts: OpenRuntimeOptions): Pro
     const mail = new MailService({ storage, clock, logger: opts.logger, smtpUrl: config.smtpUrl, mailFrom: config.mailFrom });
     const webhooks = new WebhookService({ storage, clock, secrets, logger: opts.logger });
     const alerts = new AlertService({ storage, clock, audit, mail, webhooks });
+    const securitySettings = new SecuritySettingsStore({ storage, clock });
+    const sessions = new SessionService({ storage, clock, settings: securitySettings });
+    const mfa = new Mfa({ secrets, clock });
+    const login = new LoginService({ storage, clock, audit, mail, settings: securitySettings, sessions, mfa, publicUrl: config.publicUrl });
+    const users = new UserService({ storage, clock, audit, mail, sessions, login, mfa });
+    const account = new AccountService({ storage, audit, mfa, sessions });
     const tenants = new TenantService({ storage, clock, keys, audit });
     const recovered = await tenants.recover();
     if (recovered.removed.length > 0 || recovered.finishedDeleting.length > 0) {
@@ -94,6 +112,12 @@ export async function openRuntime(config: Config, opts: OpenRuntimeOptions): Pro
       mail,
       webhooks,
       alerts,
+      securitySettings,
+      sessions,
+      mfa,
+      login,
+      users,
+      account,
       encryptedSources,
       close: async () => {
         mail.close();

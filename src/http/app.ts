@@ -3,13 +3,16 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { newUlid } from '../core/ids.js';
 import type { Runtime } from '../runtime.js';
 import { VERSION } from '../version.js';
+import cookie from '@fastify/cookie';
 import { errorsPlugin } from './plugins/errors.js';
 import { metricsPlugin } from './plugins/metrics.js';
 import { openapiPlugin } from './plugins/openapi.js';
 import { securityHeadersPlugin } from './plugins/security-headers.js';
 import { registerTenantBinding } from './plugins/tenant-binding.js';
 import { healthRoutes } from './routes/health.js';
+import { authRoutes } from './routes/auth.js';
 import { loginOptionsRoutes } from './routes/login-options.js';
+import { meRoutes } from './routes/me.js';
 
 export interface BuildAppOptions {
   runtime: Runtime;
@@ -49,6 +52,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
   const app = Fastify(serverOptions).withTypeProvider<TypeBoxTypeProvider>() as unknown as FastifyInstance;
 
   await app.register(errorsPlugin);
+  await app.register(cookie);
   await app.register(securityHeadersPlugin);
   await app.register(metricsPlugin);
   await app.register(openapiPlugin, { version: VERSION });
@@ -57,8 +61,17 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
 
   await app.register(
     async (tenantScope) => {
-      registerTenantBinding(tenantScope, { tenants: runtime.tenants, storage: runtime.storage, clock: runtime.clock });
+      registerTenantBinding(tenantScope, {
+        tenants: runtime.tenants,
+        storage: runtime.storage,
+        clock: runtime.clock,
+        sessions: runtime.sessions,
+        settings: runtime.securitySettings,
+        audit: runtime.audit,
+      });
       loginOptionsRoutes(tenantScope);
+      authRoutes(tenantScope, runtime);
+      meRoutes(tenantScope, runtime);
     },
     { prefix: '/api/v1' },
   );

@@ -1,10 +1,10 @@
-import type { Kysely } from 'kysely';
+import type { Insertable, Kysely, Selectable } from 'kysely';
 import type { TenantDB, UserKind, UsersTable } from '../storage/schema.js';
 
 /** The SQL of users: plain functions over a tenant-bound handle. */
 export async function insertUser(
   db: Kysely<TenantDB>,
-  user: Omit<UsersTable, 'updated_at'>,
+  user: Omit<Insertable<UsersTable>, 'updated_at'>,
   roles: readonly string[],
 ): Promise<void> {
   await db.insertInto('users').values({ ...user, updated_at: user.created_at }).execute();
@@ -13,7 +13,7 @@ export async function insertUser(
   }
 }
 
-export async function findUserByUsername(db: Kysely<TenantDB>, username: string, kind?: UserKind): Promise<UsersTable | undefined> {
+export async function findUserByUsername(db: Kysely<TenantDB>, username: string, kind?: UserKind): Promise<Selectable<UsersTable> | undefined> {
   let q = db.selectFrom('users').selectAll().where('username', '=', username);
   if (kind) q = q.where('kind', '=', kind);
   return q.executeTakeFirst();

@@ -1,3 +1,8 @@
+import type { ColumnType } from 'kysely';
+
+/** A column the database fills when an insert leaves it out (a default, or NULL). */
+export type Defaulted<T> = ColumnType<T, T | undefined, T>;
+
 /**
  * Table types of the control plane and of a tenant store, as Kysely sees them.
  * Conventions that hold in both engines: times are integers (milliseconds since
@@ -45,6 +50,12 @@ export interface UsersTable {
   password_expires_at: number | null;
   created_at: number;
   updated_at: number;
+  failed_attempts: Defaulted<number>;
+  /** Locked until this time; `LOCKED_UNTIL_ADMIN` means until an administrator unlocks. */
+  locked_until: Defaulted<number | null>;
+  last_login_at: Defaulted<number | null>;
+  password_changed_at: Defaulted<number | null>;
+  full_name: Defaulted<string | null>;
 }
 
 export interface UserRolesTable {

@@ -171,7 +171,7 @@ describeEachStorage('http app', (kind) => {
       await expect(
         bare
           .register(async (scope) => {
-            registerTenantBinding(scope, { tenants: rt.tenants, storage: rt.storage, clock: rt.clock });
+            registerTenantBinding(scope, { tenants: rt.tenants, storage: rt.storage, clock: rt.clock, sessions: rt.sessions, settings: rt.securitySettings, audit: rt.audit });
             scope.get('/unbound', async () => 'x');
           })
           .ready(),

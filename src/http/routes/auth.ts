@@ -1,0 +1,217 @@
+import type { FastifyInstance, FastifyReply } from 'fastify';
+import { Type, type Static } from 'typebox';
+import { DEVICE_COOKIE, DEVICE_MAX_MS, SESSION_COOKIE, SESSION_MAX_MS } from '../../iam/credentials.js';
+import type { SignInResult } from '../../iam/login-service.js';
+import type { Runtime } from '../../runtime.js';
+import { authOf, sourceOf, tenantOf } from '../plugins/tenant-binding.js';
+
+const TenantName = Type.String({ minLength: 3, maxLength: 63, pattern: '^[a-z0-9][a-z0-9-]*[a-z0-9]$', description: 'Tenant name' });
+const Username = Type.String({ minLength: 1, maxLength: 200 });
+/** Passwords are taken exactly as sent: any Unicode, up to 1,024 characters here (policies cap at 256). */
+const Password = Type.String({ minLength: 1, maxLength: 1024 });
+const FlowToken = Type.String({ minLength: 1, maxLength: 100, description: 'From the previous challenge answer' });
+const Problems = { 400: { $ref: 'Problem#' }, 401: { $ref: 'Problem#' }, 403: { $ref: 'Problem#' }, 404: { $ref: 'Problem#' } };
+
+const SignIn = Type.Union(
+  [
+    Type.Object(
+      {
+        status: Type.Literal('ok'),
+        user: Type.Object({ id: Type.String(), username: Type.String(), kind: Type.String() }, { additionalProperties: false }),
+        session: Type.Object({ id: Type.String(), expiresAt: Type.String(), idleTimeoutMinutes: Type.Optional(Type.Integer()) }, { additionalProperties: false }),
+        csrfToken: Type.String({ description: 'Send as X-CSRF-Token with every change made with the session cookie' }),
+        recoveryCodes: Type.Optional(Type.Array(Type.String(), { description: 'Shown once, after MFA enrollment' })),
+      },
+      { additionalProperties: false },
+    ),
+    Type.Object(
+      {
+        status: Type.Literal('challenge'),
+        challenge: Type.Union([Type.Literal('device_verification_required'), Type.Literal('password_change_required'), Type.Literal('mfa_required')]),
+        flowToken: Type.String(),
+        mfaEnrollment: Type.Optional(Type.Object({ secret: Type.String(), otpauthUri: Type.String() }, { additionalProperties: false })),
+      },
+      { additionalProperties: false },
+    ),
+  ],
+  { $id: 'SignInResult' },
+);
+
+function cookieOptions(maxAgeMs: number, path = '/') {
+  return { path, secure: true, httpOnly: true, sameSite: 'strict' as const, maxAge: Math.floor(maxAgeMs / 1000) };
+}
+
+/** Renders a sign-in step: sets the session cookie (and the device cookie) and never puts the session secret in the body. */
+function sendSignIn(reply: FastifyReply, result: SignInResult): Static<typeof SignIn> {
+  if (result.deviceToken) reply.setCookie(DEVICE_COOKIE, result.deviceToken, cookieOptions(DEVICE_MAX_MS, '/api/v1/auth'));
+  if (result.status === 'challenge') {
+    return { status: 'challenge', challenge: result.challenge, flowToken: result.flowToken, ...(result.mfaEnrollment ? { mfaEnrollment: result.mfaEnrollment } : {}) };
+  }
+  reply.setCookie(SESSION_COOKIE, result.session.token, cookieOptions(SESSION_MAX_MS));
+  return {
+    status: 'ok',
+    user: result.user,
+    session: { id: result.session.sessionId, expiresAt: result.session.expiresAt, idleTimeoutMinutes: result.session.idleTimeoutMinutes },
+    csrfToken: result.session.csrfToken ?? '',
+    ...(result.recoveryCodes ? { recoveryCodes: result.recoveryCodes } : {}),
+  };
+}
+
+/**
+ * Sign-in and its challenges, API tokens, password change during sign-in,
+ * forgotten passwords, sign-out. Everything but sign-out runs before
+ * authentication, so the tenant comes from the body.
+ */
+export function authRoutes(app: FastifyInstance, rt: Runtime): void {
+  const pre = { tenant: { from: 'body' as const, field: 'tenant' } };
+
+  app.addSchema(SignIn);
+
+  app.post(
+    '/auth/login',
+    {
+      config: pre,
+      schema: {
+        tags: ['authentication'],
+        summary: 'Sign in to the console',
+        description: 'Answers a session (cookie `custos_session`, plus a CSRF token) or the next challenge. Every failure is 401 invalid_credentials.',
+        body: Type.Object({ tenant: TenantName, username: Username, password: Password, deviceToken: Type.Optional(Type.String({ maxLength: 100 })) }, { additionalProperties: false }),
+        response: { 200: { $ref: 'SignInResult#' }, ...Problems },
+      },
+    },
+    async (request, reply) => {
+      const body = request.body as { username: string; password: string; deviceToken?: string };
+      const t = tenantOf(request);
+      const result = await rt.login.login(t, { username: body.username, password: body.password, deviceToken: body.deviceToken ?? request.cookies[DEVICE_COOKIE], source: sourceOf(request) });
+      return sendSignIn(reply, result);
+    },
+  );
+
+  app.post(
+    '/auth/device/verify',
+    {
+      config: pre,
+      schema: {
+        tags: ['authentication'],
+        summary: 'Answer the new-device challenge with the mailed 6-digit code',
+        body: Type.Object({ tenant: TenantName, flowToken: FlowToken, code: Type.String({ pattern: '^[0-9]{6}$' }) }, { additionalProperties: false }),
+        response: { 200: { $ref: 'SignInResult#' }, ...Problems },
+      },
+    },
+    async (request, reply) => {
+      const body = request.body as { flowToken: string; code: string };
+      return sendSignIn(reply, await rt.login.verifyDevice(tenantOf(request), { ...body, source: sourceOf(request) }));
+    },
+  );
+
+  app.post(
+    '/auth/password/change',
+    {
+      config: pre,
+      schema: {
+        tags: ['authentication'],
+        summary: 'Answer the password-change challenge (temporary password at first sign-in)',
+        body: Type.Object({ tenant: TenantName, flowToken: FlowToken, currentPassword: Password, newPassword: Password }, { additionalProperties: false }),
+        response: { 200: { $ref: 'SignInResult#' }, ...Problems },
+      },
+    },
+    async (request, reply) => {
+      const body = request.body as { flowToken: string; currentPassword: string; newPassword: string };
+      return sendSignIn(reply, await rt.login.changePasswordInFlow(tenantOf(request), { ...body, source: sourceOf(request) }));
+    },
+  );
+
+  app.post(
+    '/auth/mfa/verify',
+    {
+      config: pre,
+      schema: {
+        tags: ['authentication'],
+        summary: 'Answer the MFA challenge with a TOTP code or a recovery code (confirms a pending enrollment)',
+        body: Type.Object(
+          { tenant: TenantName, flowToken: FlowToken, code: Type.Optional(Type.String({ pattern: '^[0-9]{6}$' })), recoveryCode: Type.Optional(Type.String({ maxLength: 40 })) },
+          { additionalProperties: false },
+        ),
+        response: { 200: { $ref: 'SignInResult#' }, ...Problems },
+      },
+    },
+    async (request, reply) => {
+      const body = request.body as { flowToken: string; code?: string; recoveryCode?: string };
+      return sendSignIn(reply, await rt.login.verifyMfa(tenantOf(request), { ...body, source: sourceOf(request) }));
+    },
+  );
+
+  app.post(
+    '/auth/token',
+    {
+      config: pre,
+      schema: {
+        tags: ['authentication'],
+        summary: 'API users: a bearer token (1 hour) for username and password',
+        body: Type.Object({ tenant: TenantName, username: Username, password: Password }, { additionalProperties: false }),
+        response: {
+          200: Type.Union([
+            Type.Object({ status: Type.Literal('ok'), accessToken: Type.String(), tokenType: Type.Literal('Bearer'), expiresAt: Type.String(), expiresIn: Type.Integer() }, { additionalProperties: false }),
+            Type.Object({ status: Type.Literal('challenge'), challenge: Type.String(), flowToken: Type.String() }, { additionalProperties: false }),
+          ]),
+          ...Problems,
+        },
+      },
+    },
+    async (request) => {
+      const body = request.body as { username: string; password: string };
+      const result = await rt.login.issueToken(tenantOf(request), { ...body, source: sourceOf(request) });
+      if (result.status === 'challenge') return { status: 'challenge' as const, challenge: result.challenge, flowToken: result.flowToken };
+      return { status: 'ok' as const, accessToken: result.session.token, tokenType: 'Bearer' as const, expiresAt: result.session.expiresAt, expiresIn: Math.round((Date.parse(result.session.expiresAt) - rt.clock.now()) / 1000) };
+    },
+  );
+
+  app.post(
+    '/auth/password/forgot',
+    {
+      config: pre,
+      schema: {
+        tags: ['authentication'],
+        summary: 'Mail a password-reset link (always 202, whether or not the user exists)',
+        body: Type.Object({ tenant: TenantName, username: Username }, { additionalProperties: false }),
+        response: { 202: Type.Object({ status: Type.Literal('accepted') }, { additionalProperties: false }), 400: { $ref: 'Problem#' } },
+      },
+    },
+    async (request, reply) => {
+      const body = request.body as { username: string };
+      await rt.login.forgotPassword(tenantOf(request), { username: body.username, source: sourceOf(request) });
+      return reply.code(202).send({ status: 'accepted' as const });
+    },
+  );
+
+  app.post(
+    '/auth/password/reset',
+    {
+      config: pre,
+      schema: {
+        tags: ['authentication'],
+        summary: 'Set a new password with a reset link (single use, 2 hours); signs nobody in',
+        body: Type.Object({ tenant: TenantName, token: Type.String({ maxLength: 100 }), newPassword: Password }, { additionalProperties: false }),
+        response: { 204: Type.Null(), ...Problems },
+      },
+    },
+    async (request, reply) => {
+      const body = request.body as { token: string; newPassword: string };
+      await rt.login.resetPassword(tenantOf(request), { ...body, source: sourceOf(request) });
+      return reply.code(204).send();
+    },
+  );
+
+  app.post(
+    '/auth/logout',
+    {
+      config: { tenant: { from: 'credential' }, permission: null, credentials: 'session' },
+      schema: { tags: ['authentication'], summary: 'Sign out: end this session', response: { 204: Type.Null(), ...Problems } },
+    },
+    async (request, reply) => {
+      await rt.login.logout(authOf(request));
+      reply.clearCookie(SESSION_COOKIE, { path: '/' });
+      return reply.code(204).send();
+    },
+  );
+}

@@ -1,0 +1,523 @@
+import { createHash, randomInt } from 'node:crypto';
+import type { Kysely } from 'kysely';
+import type { AuditService } from '../audit/audit-service.js';
+import type { Clock } from '../core/clock.js';
+import { rfc3339 } from '../core/clock.js';
+import { CustosError } from '../core/errors.js';
+import type { Actor, Source } from '../core/principal.js';
+import { hashPassword, verifyDummy, verifyPassword } from '../crypto/password-hash.js';
+import type { MailService } from '../notify/mail-service.js';
+import type { TenantDB } from '../storage/schema.js';
+import type { Storage } from '../storage/storage.js';
+import type { AuthContext } from './authorize.js';
+import {
+  DEVICE_CODE_MS,
+  DEVICE_CODE_TRIES,
+  DEVICE_MAX_MS,
+  FLOW_MAX_MS,
+  LOCKED_UNTIL_ADMIN,
+  RESET_LINK_MS,
+  hashSecret,
+  newCredential,
+  parseCredential,
+} from './credentials.js';
+import type { Mfa } from './mfa.js';
+import { checkPassword } from './password-policy.js';
+import type { SecuritySettings, SecuritySettingsStore } from './security-settings.js';
+import type { IssuedSession, SessionService, UserRow } from './session-service.js';
+
+export type Challenge = 'device_verification_required' | 'password_change_required' | 'mfa_required';
+
+export type SignInResult =
+  | { status: 'ok'; session: IssuedSession; user: { id: string; username: string; kind: 'console' | 'api' }; deviceToken?: string; recoveryCodes?: string[] }
+  | {
+      status: 'challenge';
+      challenge: Challenge;
+      flowToken: string;
+      /** For `mfa_required` when the user must enroll first: the seed for the authenticator app. */
+      mfaEnrollment?: { secret: string; otpauthUri: string };
+      deviceToken?: string;
+    };
+
+export interface TenantRef {
+  id: string;
+  name: string;
+}
+
+interface Flow {
+  idHash: Buffer;
+  user: UserRow;
+  pending: Challenge[];
+}
+
+/** The actor of a sign-in attempt before anyone is authenticated: the claimed user (or the claimed name, when unknown). */
+function claimant(user: UserRow | undefined, username: string, source: Source | undefined): Actor {
+  return { principal: { type: user?.kind === 'api' ? 'api-user' : 'user', id: user?.id ?? 'unknown', name: username.slice(0, 200) }, source };
+}
+
+function codeHash(flowHash: Buffer, code: string): Buffer {
+  return createHash('sha256').update(flowHash).update(code).digest();
+}
+
+function isLocked(user: UserRow, now: number): boolean {
+  return user.locked_until !== null && user.locked_until > now;
+}
+
+/**
+ * Sign-in for console users (sessions) and API users (tokens), with the
+ * security behaviour of the Responsys overview: a temporary password must be
+ * changed at first sign-in and expires after 72 hours; an unknown device needs
+ * a 6-digit code sent by mail (10 minutes, single use, 5 tries); MFA (TOTP or
+ * a recovery code) when the user enrolled or the tenant's policy requires it;
+ * lockout after N consecutive failures (60 minutes, custom, or until an
+ * administrator unlocks), counted atomically in the user's row; password
+ * reset links valid 2 hours, single use, never bypassing MFA. Wrong username,
+ * wrong password, suspended and locked accounts all fail the same way, in the
+ * same time (one argon2id verification on every path).
+ */
+export class LoginService {
+  readonly #storage: Storage;
+  readonly #clock: Clock;
+  readonly #audit: AuditService;
+  readonly #mail: MailService;
+  readonly #settings: SecuritySettingsStore;
+  readonly #sessions: SessionService;
+  readonly #mfa: Mfa;
+  readonly #publicUrl: string;
+
+  constructor(deps: { storage: Storage; clock: Clock; audit: AuditService; mail: MailService; settings: SecuritySettingsStore; sessions: SessionService; mfa: Mfa; publicUrl: string }) {
+    this.#storage = deps.storage;
+    this.#clock = deps.clock;
+    this.#audit = deps.audit;
+    this.#mail = deps.mail;
+    this.#settings = deps.settings;
+    this.#sessions = deps.sessions;
+    this.#mfa = deps.mfa;
+    this.#publicUrl = deps.publicUrl;
+  }
+
+  // --- first factor ----------------------------------------------------------------
+
+  /**
+   * Checks username and password of a user of `kind`. Every failure is the
+   * same `invalid_credentials`, recorded with its real reason in the activity
+   * stream; consecutive wrong passwords lock the account.
+   */
+  async #firstFactor(tenant: TenantRef, kind: 'console' | 'api', username: string, password: string, source: Source | undefined): Promise<{ user: UserRow; settings: SecuritySettings }> {
+    const store = this.#storage.tenant(tenant.id);
+    const user = await store.transaction((db) => db.selectFrom('users').selectAll().where('username', '=', username).executeTakeFirst());
+    const matches = user?.password_hash ? await verifyPassword(user.password_hash, password) : await verifyDummy(password);
+    const now = this.#clock.now();
+    const actor = claimant(user, username, source);
+    const eventType = kind === 'console' ? 'auth.login.failure' : 'auth.token.failure';
+
+    const outcome = await store.transaction(async (db) => {
+      const settings = await this.#settings.inTx(db);
+      const fail = async (reason: string) => {
+        await this.#audit.append(db, tenant.id, { type: eventType, outcome: 'failure', code: 'invalid_credentials', actor, resource: user ? { type: 'user', id: user.id, name: user.username } : undefined, details: { reason } });
+        return { ok: false as const };
+      };
+      if (!user || user.kind !== kind) return fail(user ? 'wrong_user_kind' : 'unknown_user');
+      if (user.status !== 'active') return fail('suspended');
+      if (!matches) {
+        // Atomic: concurrent failures across processes each add one; exactly one crosses the threshold.
+        const lockValue = settings.lockout.mode === 'admin' ? LOCKED_UNTIL_ADMIN : now + settings.lockout.durationMinutes * 60_000;
+        const counted = await db
+          .updateTable('users')
+          .set((eb) => ({
+            failed_attempts: eb('failed_attempts', '+', 1),
+            locked_until: eb.case().when('failed_attempts', '>=', settings.lockout.threshold - 1).then(lockValue).else(null).end(),
+            updated_at: now,
+          }))
+          .where('id', '=', user.id)
+          .where((eb) => eb.or([eb('locked_until', 'is', null), eb('locked_until', '<=', now)]))
+          .returning(['failed_attempts', 'locked_until'])
+          .executeTakeFirst();
+        if (!counted) return fail('locked');
+        await fail('wrong_password');
+        if (counted.locked_until !== null) await this.#onLocked(db, tenant, user, settings, counted.failed_attempts);
+        return { ok: false as const };
+      }
+      if (isLocked(user, now)) return fail('locked');
+      if (user.must_change_password === 1 && user.password_expires_at !== null && user.password_expires_at <= now) return fail('temporary_password_expired');
+      if (user.failed_attempts > 0 || user.locked_until !== null) {
+        await db.updateTable('users').set({ failed_attempts: 0, locked_until: null }).where('id', '=', user.id).execute();
+      }
+      return { ok: true as const, settings };
+    });
+    if (!outcome.ok) throw new CustosError('invalid_credentials');
+    return { user: user!, settings: outcome.settings };
+  }
+
+  async #onLocked(db: Kysely<TenantDB>, tenant: TenantRef, user: UserRow, settings: SecuritySettings, attempts: number): Promise<void> {
+    await this.#audit.append(db, tenant.id, {
+      type: 'auth.lockout',
+      outcome: 'success',
+      actor: { principal: { type: 'system', id: 'custos', name: 'Custos' } },
+      resource: { type: 'user', id: user.id, name: user.username },
+      details: { failedAttempts: attempts, mode: settings.lockout.mode, minutes: settings.lockout.mode === 'duration' ? settings.lockout.durationMinutes : null },
+    });
+    await this.#mail.enqueue(db, tenant.id, {
+      kind: 'auth.lockout',
+      to: user.email,
+      subject: 'Your Custos account is locked',
+      text: [
+        `Your account ${user.username} on ${tenant.name} was locked after ${attempts} failed sign-in attempts.`,
+        settings.lockout.mode === 'duration' ? `It unlocks by itself after ${settings.lockout.durationMinutes} minutes.` : 'An Account Administrator must unlock it.',
+        'If these attempts were not yours, tell your administrator.',
+      ].join('\n'),
+    });
+  }
+
+  // --- flows -----------------------------------------------------------------------
+
+  async #challengesFor(db: Kysely<TenantDB>, user: UserRow, settings: SecuritySettings, deviceToken: string | undefined, tenantId: string): Promise<Challenge[]> {
+    const pending: Challenge[] = [];
+    if (user.kind === 'console') {
+      const device = parseCredential(deviceToken);
+      const known =
+        device !== null &&
+        device.tenantId === tenantId &&
+        (await db
+          .selectFrom('devices')
+          .select('id_hash')
+          .where('id_hash', '=', hashSecret(device.secret))
+          .where('user_id', '=', user.id)
+          .where('expires_at', '>', this.#clock.now())
+          .executeTakeFirst()) !== undefined;
+      if (!known) pending.push('device_verification_required');
+    }
+    if (user.must_change_password === 1) pending.push('password_change_required');
+    if (user.kind === 'console' && ((await this.#mfa.isEnrolled(db, user.id)) || (await this.#mfaRequired(db, user, settings)))) pending.push('mfa_required');
+    return pending;
+  }
+
+  async #mfaRequired(db: Kysely<TenantDB>, user: UserRow, settings: SecuritySettings): Promise<boolean> {
+    if (settings.mfa.required === 'all') return true;
+    if (settings.mfa.required === 'none') return false;
+    const roles = (await db.selectFrom('user_roles').select('role').where('user_id', '=', user.id).execute()).map((r) => r.role);
+    return roles.some((r) => settings.mfa.roles.includes(r));
+  }
+
+  /** Continues a sign-in: either the next challenge (creating or updating its flow) or a session. */
+  async #advance(db: Kysely<TenantDB>, tenant: TenantRef, user: UserRow, pending: Challenge[], flow: { idHash: Buffer; token: string } | undefined, source: Source | undefined, authMethod: 'password' | 'certificate'): Promise<SignInResult> {
+    const now = this.#clock.now();
+    if (pending.length === 0) {
+      if (flow) await db.deleteFrom('login_flows').where('id_hash', '=', flow.idHash).execute();
+      const session = await this.#sessions.issue(db, tenant.id, user, { authMethod, source });
+      await db.updateTable('users').set({ last_login_at: now }).where('id', '=', user.id).execute();
+      await this.#audit.append(db, tenant.id, {
+        type: user.kind === 'console' ? 'auth.login.success' : 'auth.token.issue',
+        outcome: 'success',
+        actor: { principal: { type: user.kind === 'console' ? 'user' : 'api-user', id: user.id, name: user.username }, source: { ...source, sessionId: session.sessionId } },
+        resource: { type: 'user', id: user.id, name: user.username },
+        details: { method: authMethod },
+      });
+      return { status: 'ok', session, user: { id: user.id, username: user.username, kind: user.kind } };
+    }
+    let f = flow;
+    if (!f) {
+      const c = newCredential(tenant.id);
+      f = { idHash: c.hash, token: c.token };
+      await db.insertInto('login_flows').values({ id_hash: f.idHash, user_id: user.id, pending: JSON.stringify(pending), code_hash: null, code_expires_at: null, code_attempts: 0, created_at: now, expires_at: now + FLOW_MAX_MS }).execute();
+    } else {
+      await db.updateTable('login_flows').set({ pending: JSON.stringify(pending) }).where('id_hash', '=', f.idHash).execute();
+    }
+    const challenge = pending[0]!;
+    const result: SignInResult = { status: 'challenge', challenge, flowToken: f.token };
+    if (challenge === 'device_verification_required') await this.#sendDeviceCode(db, tenant, user, f.idHash);
+    if (challenge === 'mfa_required' && !(await this.#mfa.isEnrolled(db, user.id))) {
+      result.mfaEnrollment = await this.#mfa.beginEnrollment(db, tenant.id, user.id, `${tenant.name}:${user.username}`);
+    }
+    return result;
+  }
+
+  async #sendDeviceCode(db: Kysely<TenantDB>, tenant: TenantRef, user: UserRow, flowHash: Buffer): Promise<void> {
+    const code = String(randomInt(0, 1_000_000)).padStart(6, '0');
+    const now = this.#clock.now();
+    await db.updateTable('login_flows').set({ code_hash: codeHash(flowHash, code), code_expires_at: now + DEVICE_CODE_MS, code_attempts: 0 }).where('id_hash', '=', flowHash).execute();
+    await this.#mail.enqueue(db, tenant.id, {
+      kind: 'auth.device-code',
+      to: user.email,
+      subject: 'Your Custos verification code',
+      text: `Someone is signing in to ${tenant.name} as ${user.username} from a device we do not know.\n\nVerification code: ${code}\n\nIt is valid for 10 minutes. If this is not you, do not share the code and change your password.`,
+    });
+  }
+
+  /** Loads an unexpired flow expecting `challenge` next; `invalid_code` otherwise. */
+  async #flow(db: Kysely<TenantDB>, tenant: TenantRef, flowToken: unknown, challenge: Challenge): Promise<Flow> {
+    const cred = parseCredential(flowToken);
+    if (!cred || cred.tenantId !== tenant.id) throw new CustosError('invalid_code');
+    const idHash = hashSecret(cred.secret);
+    const row = await db.selectFrom('login_flows').selectAll().where('id_hash', '=', idHash).executeTakeFirst();
+    if (!row || row.expires_at <= this.#clock.now()) throw new CustosError('invalid_code', 'the sign-in has expired; start again');
+    const pending = JSON.parse(row.pending) as Challenge[];
+    if (pending[0] !== challenge) throw new CustosError('invalid_code', `this sign-in expects ${pending[0] ?? 'nothing'} next`);
+    const user = await db.selectFrom('users').selectAll().where('id', '=', row.user_id).executeTakeFirst();
+    if (!user || user.status !== 'active' || isLocked(user, this.#clock.now())) {
+      await db.deleteFrom('login_flows').where('id_hash', '=', idHash).execute();
+      throw new CustosError('invalid_code', 'the sign-in cannot continue');
+    }
+    return { idHash, user, pending };
+  }
+
+  // --- public operations ------------------------------------------------------------
+
+  /** `POST /auth/login`: console sign-in with username and password. */
+  async login(tenant: TenantRef, input: { username: string; password: string; deviceToken?: string; source?: Source }): Promise<SignInResult> {
+    const { user, settings } = await this.#firstFactor(tenant, 'console', input.username, input.password, input.source);
+    return this.#storage.tenant(tenant.id).transaction(async (db) => this.#advance(db, tenant, user, await this.#challengesFor(db, user, settings, input.deviceToken, tenant.id), undefined, input.source, 'password'));
+  }
+
+  /** `POST /auth/token`: an API user's bearer token, by username and password. */
+  async issueToken(tenant: TenantRef, input: { username: string; password: string; source?: Source }): Promise<SignInResult> {
+    const { user, settings } = await this.#firstFactor(tenant, 'api', input.username, input.password, input.source);
+    return this.#storage.tenant(tenant.id).transaction(async (db) => this.#advance(db, tenant, user, await this.#challengesFor(db, user, settings, undefined, tenant.id), undefined, input.source, 'password'));
+  }
+
+  /** Issues a token to an API user already authenticated by its client certificate (checked by the caller). */
+  async issueTokenForCertificate(db: Kysely<TenantDB>, tenant: TenantRef, user: UserRow, source: Source | undefined): Promise<SignInResult> {
+    return this.#advance(db, tenant, user, [], undefined, source, 'certificate');
+  }
+
+  /** `POST /auth/device/verify`: the 6-digit code mailed for an unknown device. Trusts the device on success. */
+  async verifyDevice(tenant: TenantRef, input: { flowToken: string; code: string; source?: Source }): Promise<SignInResult> {
+    const store = this.#storage.tenant(tenant.id);
+    const result = await store.transaction(async (db) => {
+      const flow = await this.#flow(db, tenant, input.flowToken, 'device_verification_required');
+      const row = await db.selectFrom('login_flows').selectAll().where('id_hash', '=', flow.idHash).executeTakeFirstOrThrow();
+      const now = this.#clock.now();
+      const good = typeof input.code === 'string' && /^\d{6}$/.test(input.code) && row.code_hash !== null && row.code_expires_at !== null && row.code_expires_at > now && codeHash(flow.idHash, input.code).equals(row.code_hash);
+      const actor = claimant(flow.user, flow.user.username, input.source);
+      if (!good) {
+        const attempts = row.code_attempts + 1;
+        if (attempts >= DEVICE_CODE_TRIES) await db.deleteFrom('login_flows').where('id_hash', '=', flow.idHash).execute();
+        else await db.updateTable('login_flows').set({ code_attempts: attempts }).where('id_hash', '=', flow.idHash).execute();
+        await this.#audit.append(db, tenant.id, { type: 'auth.device.verify', outcome: 'failure', code: 'invalid_code', actor, resource: { type: 'user', id: flow.user.id, name: flow.user.username }, details: { attempts } });
+        return { error: true as const };
+      }
+      await db.updateTable('login_flows').set({ code_hash: null, code_expires_at: null }).where('id_hash', '=', flow.idHash).execute();
+      const device = newCredential(tenant.id);
+      await db.insertInto('devices').values({ id_hash: device.hash, user_id: flow.user.id, created_at: now, last_used_at: now, expires_at: now + DEVICE_MAX_MS, user_agent: input.source?.userAgent?.slice(0, 300) ?? null }).execute();
+      await this.#audit.append(db, tenant.id, { type: 'auth.device.verify', outcome: 'success', actor, resource: { type: 'user', id: flow.user.id, name: flow.user.username } });
+      const next = await this.#advance(db, tenant, flow.user, flow.pending.slice(1), { idHash: flow.idHash, token: input.flowToken }, input.source, 'password');
+      return { error: false as const, result: { ...next, deviceToken: device.token } };
+    });
+    if (result.error) throw new CustosError('invalid_code');
+    return result.result;
+  }
+
+  /** `POST /auth/password/change` during sign-in (temporary password): needs the current password too. */
+  async changePasswordInFlow(tenant: TenantRef, input: { flowToken: string; currentPassword: string; newPassword: string; source?: Source }): Promise<SignInResult> {
+    const store = this.#storage.tenant(tenant.id);
+    const { user } = await store.transaction(async (db) => this.#flow(db, tenant, input.flowToken, 'password_change_required'));
+    if (!user.password_hash || !(await verifyPassword(user.password_hash, input.currentPassword))) {
+      await this.#audit.record(tenant.id, { type: 'iam.password.change', outcome: 'failure', code: 'invalid_credentials', actor: claimant(user, user.username, input.source), resource: { type: 'user', id: user.id, name: user.username } });
+      throw new CustosError('invalid_credentials');
+    }
+    const newHash = await this.#checkNewPassword(tenant.id, user, input.newPassword);
+    return store.transaction(async (db) => {
+      const flow = await this.#flow(db, tenant, input.flowToken, 'password_change_required');
+      await this.#setPassword(db, tenant.id, flow.user, newHash, claimant(flow.user, flow.user.username, input.source), 'iam.password.change');
+      return this.#advance(db, tenant, { ...flow.user, must_change_password: 0 }, flow.pending.slice(1), { idHash: flow.idHash, token: input.flowToken }, input.source, 'password');
+    });
+  }
+
+  /** `POST /auth/mfa/verify`: a TOTP code (confirming an enrollment if one is pending) or a recovery code. */
+  async verifyMfa(tenant: TenantRef, input: { flowToken: string; code?: string; recoveryCode?: string; source?: Source }): Promise<SignInResult> {
+    const store = this.#storage.tenant(tenant.id);
+    const result = await store.transaction(async (db) => {
+      const flow = await this.#flow(db, tenant, input.flowToken, 'mfa_required');
+      const actor = claimant(flow.user, flow.user.username, input.source);
+      const resource = { type: 'user', id: flow.user.id, name: flow.user.username };
+      const enrolled = await this.#mfa.isEnrolled(db, flow.user.id);
+      let recoveryCodes: string[] | undefined;
+      let ok = false;
+      let method = 'totp';
+      if (!enrolled) {
+        if (typeof input.code === 'string') {
+          const codes = await this.#mfa.confirmEnrollment(db, tenant.id, flow.user.id, input.code);
+          if (codes) {
+            ok = true;
+            recoveryCodes = codes;
+            await this.#audit.append(db, tenant.id, { type: 'iam.mfa.enroll', outcome: 'success', actor, resource });
+          }
+        }
+      } else if (typeof input.recoveryCode === 'string') {
+        ok = await this.#mfa.useRecoveryCode(db, flow.user.id, input.recoveryCode);
+        method = 'recovery-code';
+      } else if (typeof input.code === 'string') {
+        ok = await this.#mfa.verifyTotp(db, tenant.id, flow.user.id, input.code);
+      }
+      if (!ok) {
+        await this.#audit.append(db, tenant.id, { type: 'auth.mfa.verify', outcome: 'failure', code: 'invalid_code', actor, resource, details: { method } });
+        return { error: true as const };
+      }
+      await this.#audit.append(db, tenant.id, { type: 'auth.mfa.verify', outcome: 'success', actor, resource, details: { method } });
+      const next = await this.#advance(db, tenant, flow.user, flow.pending.slice(1), { idHash: flow.idHash, token: input.flowToken }, input.source, 'password');
+      return { error: false as const, result: next.status === 'ok' && recoveryCodes ? { ...next, recoveryCodes } : next };
+    });
+    if (result.error) {
+      // A wrong second factor counts toward lockout like a wrong password.
+      await this.#countSecondFactorFailure(tenant, input.flowToken);
+      throw new CustosError('invalid_code');
+    }
+    return result.result;
+  }
+
+  async #countSecondFactorFailure(tenant: TenantRef, flowToken: string): Promise<void> {
+    const cred = parseCredential(flowToken);
+    if (!cred) return;
+    await this.#storage.tenant(tenant.id).transaction(async (db) => {
+      const row = await db.selectFrom('login_flows').select('user_id').where('id_hash', '=', hashSecret(cred.secret)).executeTakeFirst();
+      if (!row) return;
+      const settings = await this.#settings.inTx(db);
+      const now = this.#clock.now();
+      const lockValue = settings.lockout.mode === 'admin' ? LOCKED_UNTIL_ADMIN : now + settings.lockout.durationMinutes * 60_000;
+      const counted = await db
+        .updateTable('users')
+        .set((eb) => ({ failed_attempts: eb('failed_attempts', '+', 1), locked_until: eb.case().when('failed_attempts', '>=', settings.lockout.threshold - 1).then(lockValue).else(null).end() }))
+        .where('id', '=', row.user_id)
+        .where((eb) => eb.or([eb('locked_until', 'is', null), eb('locked_until', '<=', now)]))
+        .returning(['failed_attempts', 'locked_until'])
+        .executeTakeFirst();
+      if (counted !== undefined && counted.locked_until !== null) {
+        const user = await db.selectFrom('users').selectAll().where('id', '=', row.user_id).executeTakeFirstOrThrow();
+        await db.deleteFrom('login_flows').where('user_id', '=', row.user_id).execute();
+        await this.#onLocked(db, tenant, user, settings, counted.failed_attempts);
+      }
+    });
+  }
+
+  // --- passwords ----------------------------------------------------------------------
+
+  /** Policy and history checks; returns the argon2id hash of the accepted password. */
+  async #checkNewPassword(tenantId: string, user: UserRow, newPassword: unknown): Promise<string> {
+    const settings = await this.#settings.get(tenantId);
+    const password = checkPassword(newPassword, settings.password, user.username);
+    const history = await this.#storage.tenant(tenantId).transaction((db) =>
+      db.selectFrom('password_history').select('password_hash').where('user_id', '=', user.id).orderBy('created_at', 'desc').limit(settings.password.historySize).execute(),
+    );
+    const previous = [...(user.password_hash && settings.password.historySize > 0 ? [user.password_hash] : []), ...history.map((h) => h.password_hash)];
+    for (const h of previous) {
+      if (await verifyPassword(h, password)) {
+        throw new CustosError('password_rejected', `the password must differ from the last ${settings.password.historySize} passwords`, { extensions: { reasons: ['was used recently'] } });
+      }
+    }
+    return hashPassword(password);
+  }
+
+  async #setPassword(db: Kysely<TenantDB>, tenantId: string, user: UserRow, newHash: string, actor: Actor, eventType: string): Promise<void> {
+    const now = this.#clock.now();
+    if (user.password_hash) await db.insertInto('password_history').values({ user_id: user.id, password_hash: user.password_hash, created_at: now }).execute();
+    await db.updateTable('users').set({ password_hash: newHash, must_change_password: 0, password_expires_at: null, password_changed_at: now, updated_at: now }).where('id', '=', user.id).execute();
+    const keep = await db.selectFrom('password_history').select('created_at').where('user_id', '=', user.id).orderBy('created_at', 'desc').limit(1).offset(24).executeTakeFirst();
+    if (keep) await db.deleteFrom('password_history').where('user_id', '=', user.id).where('created_at', '<=', keep.created_at).execute();
+    await this.#audit.append(db, tenantId, { type: eventType, outcome: 'success', actor, resource: { type: 'user', id: user.id, name: user.username } });
+  }
+
+  /**
+   * A signed-in user changes their password: the current one is required.
+   * Other sessions end when `endOtherSessions` is set (offered after any
+   * change of an authentication factor).
+   */
+  async changePassword(auth: AuthContext, input: { currentPassword: string; newPassword: string; endOtherSessions?: boolean }): Promise<{ endedSessions: number }> {
+    const store = this.#storage.tenant(auth.tenantId);
+    const user = await store.transaction((db) => db.selectFrom('users').selectAll().where('id', '=', auth.userId).executeTakeFirstOrThrow());
+    if (!user.password_hash || !(await verifyPassword(user.password_hash, input.currentPassword))) {
+      await this.#audit.record(auth.tenantId, { type: 'iam.password.change', outcome: 'failure', code: 'invalid_credentials', actor: auth, resource: { type: 'user', id: user.id, name: user.username } });
+      throw new CustosError('invalid_credentials');
+    }
+    const newHash = await this.#checkNewPassword(auth.tenantId, user, input.newPassword);
+    return store.transaction(async (db) => {
+      await this.#setPassword(db, auth.tenantId, user, newHash, auth, 'iam.password.change');
+      const ended = input.endOtherSessions ? await this.#sessions.endForUser(db, user.id, { except: auth.credentialPublicId }) : 0;
+      return { endedSessions: ended };
+    });
+  }
+
+  /** `POST /auth/password/forgot`: mails a reset link if the user exists; the caller always answers 202. */
+  async forgotPassword(tenant: TenantRef, input: { username: string; source?: Source }): Promise<void> {
+    await this.#storage.tenant(tenant.id).transaction(async (db) => {
+      const user = await db.selectFrom('users').selectAll().where('username', '=', input.username).executeTakeFirst();
+      const actor = claimant(user, input.username, input.source);
+      if (!user || user.kind !== 'console' || user.status !== 'active') {
+        await this.#audit.append(db, tenant.id, { type: 'auth.password.reset.request', outcome: 'failure', code: 'not_found', actor });
+        return;
+      }
+      await this.#sendResetLink(db, tenant, user, actor);
+    });
+  }
+
+  /** Mails a single-use reset link valid 2 hours (also what an administrator's "reset password" does). */
+  async sendResetLink(db: Kysely<TenantDB>, tenant: TenantRef, userId: string, actor: Actor): Promise<void> {
+    const user = await db.selectFrom('users').selectAll().where('id', '=', userId).executeTakeFirst();
+    if (!user) throw new CustosError('not_found');
+    if (user.kind !== 'console') throw new CustosError('conflict', 'API users have no password reset by mail');
+    await this.#sendResetLink(db, tenant, user, actor);
+  }
+
+  async #sendResetLink(db: Kysely<TenantDB>, tenant: TenantRef, user: UserRow, actor: Actor): Promise<void> {
+    const now = this.#clock.now();
+    const { token, hash } = newCredential(tenant.id);
+    await db.insertInto('password_resets').values({ token_hash: hash, user_id: user.id, created_at: now, expires_at: now + RESET_LINK_MS, used_at: null }).execute();
+    const link = `${this.#publicUrl}/reset-password?tenant=${encodeURIComponent(tenant.name)}&token=${encodeURIComponent(token)}`;
+    await this.#mail.enqueue(db, tenant.id, {
+      kind: 'auth.password-reset',
+      to: user.email,
+      subject: 'Reset your Custos password',
+      text: `A password reset was requested for ${user.username} on ${tenant.name}.\n\nChoose a new password here (the link works once and expires at ${rfc3339(now + RESET_LINK_MS)}):\n${link}\n\nIf you did not ask for this, ignore this message.`,
+    });
+    await this.#audit.append(db, tenant.id, { type: 'auth.password.reset.request', outcome: 'success', actor, resource: { type: 'user', id: user.id, name: user.username } });
+  }
+
+  /**
+   * `POST /auth/password/reset`: sets a new password with a reset link. The
+   * link works once; every session of the user ends. It signs nobody in: the
+   * next sign-in still passes device verification and MFA.
+   */
+  async resetPassword(tenant: TenantRef, input: { token: string; newPassword: string; source?: Source }): Promise<void> {
+    const cred = parseCredential(input.token);
+    if (!cred || cred.tenantId !== tenant.id) throw new CustosError('invalid_code');
+    const hash = hashSecret(cred.secret);
+    const store = this.#storage.tenant(tenant.id);
+    const found = await store.transaction(async (db) => {
+      const r = await db.selectFrom('password_resets').selectAll().where('token_hash', '=', hash).executeTakeFirst();
+      if (!r || r.used_at !== null || r.expires_at <= this.#clock.now()) return undefined;
+      return db.selectFrom('users').selectAll().where('id', '=', r.user_id).executeTakeFirst();
+    });
+    if (!found || found.status !== 'active') throw new CustosError('invalid_code', 'the reset link is invalid, used or expired');
+    const newHash = await this.#checkNewPassword(tenant.id, found, input.newPassword);
+    await store.transaction(async (db) => {
+      const used = await db.updateTable('password_resets').set({ used_at: this.#clock.now() }).where('token_hash', '=', hash).where('used_at', 'is', null).executeTakeFirst();
+      if (Number(used.numUpdatedRows) !== 1) throw new CustosError('invalid_code', 'the reset link is invalid, used or expired');
+      await db.updateTable('password_resets').set({ used_at: this.#clock.now() }).where('user_id', '=', found.id).where('used_at', 'is', null).execute();
+      await this.#setPassword(db, tenant.id, found, newHash, claimant(found, found.username, input.source), 'auth.password.reset');
+      await this.#sessions.endForUser(db, found.id);
+    });
+  }
+
+  /** Ends the caller's own session (sign out). */
+  async logout(auth: AuthContext): Promise<void> {
+    await this.#storage.tenant(auth.tenantId).transaction(async (db) => {
+      await this.#sessions.endForUser(db, auth.userId, { only: auth.credentialPublicId });
+      await this.#audit.append(db, auth.tenantId, { type: 'auth.logout', outcome: 'success', actor: auth, resource: { type: 'user', id: auth.userId, name: auth.username } });
+    });
+  }
+
+  /**
+   * Ends the caller's other sessions, or one of them: re-authentication with
+   * the current password is required first.
+   */
+  async endSessions(auth: AuthContext, input: { password: string; sessionId?: string }): Promise<{ ended: number }> {
+    const store = this.#storage.tenant(auth.tenantId);
+    const user = await store.transaction((db) => db.selectFrom('users').selectAll().where('id', '=', auth.userId).executeTakeFirstOrThrow());
+    if (!user.password_hash || !(await verifyPassword(user.password_hash, input.password))) throw new CustosError('invalid_credentials');
+    return store.transaction(async (db) => {
+      const ended = input.sessionId ? await this.#sessions.endForUser(db, auth.userId, { only: input.sessionId, except: auth.credentialPublicId }) : await this.#sessions.endForUser(db, auth.userId, { except: auth.credentialPublicId });
+      if (input.sessionId && ended === 0) throw new CustosError('not_found');
+      await this.#audit.append(db, auth.tenantId, { type: 'auth.sessions.end', outcome: 'success', actor: auth, resource: { type: 'user', id: auth.userId, name: auth.username }, details: { ended } });
+      return { ended };
+    });
+  }
+}
