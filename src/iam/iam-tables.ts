@@ -67,6 +67,8 @@ export interface DevicesTable {
 }
 
 export interface PasswordHistoryTable {
+  /** A ULID: orders the history even when two changes share a millisecond. */
+  id: string;
   user_id: string;
   password_hash: string;
   created_at: number;

@@ -4,6 +4,7 @@ import type { AuditService } from '../audit/audit-service.js';
 import type { Clock } from '../core/clock.js';
 import { rfc3339 } from '../core/clock.js';
 import { CustosError } from '../core/errors.js';
+import { newId } from '../core/ids.js';
 import type { Actor, Source } from '../core/principal.js';
 import { hashPassword, verifyDummy, verifyPassword } from '../crypto/password-hash.js';
 import type { MailService } from '../notify/mail-service.js';
@@ -140,9 +141,6 @@ export class LoginService {
       }
       if (isLocked(user, now)) return fail('locked');
       if (user.must_change_password === 1 && user.password_expires_at !== null && user.password_expires_at <= now) return fail('temporary_password_expired');
-      if (user.failed_attempts > 0 || user.locked_until !== null) {
-        await db.updateTable('users').set({ failed_attempts: 0, locked_until: null }).where('id', '=', user.id).execute();
-      }
       return { ok: true as const, settings };
     });
     if (!outcome.ok) throw new CustosError('invalid_credentials');
@@ -205,7 +203,8 @@ export class LoginService {
     if (pending.length === 0) {
       if (flow) await db.deleteFrom('login_flows').where('id_hash', '=', flow.idHash).execute();
       const session = await this.#sessions.issue(db, tenant.id, user, { authMethod, source });
-      await db.updateTable('users').set({ last_login_at: now }).where('id', '=', user.id).execute();
+      // Only a completed sign-in (every factor passed) resets the failure count.
+      await db.updateTable('users').set({ last_login_at: now, failed_attempts: 0, locked_until: null }).where('id', '=', user.id).execute();
       await this.#audit.append(db, tenant.id, {
         type: user.kind === 'console' ? 'auth.login.success' : 'auth.token.issue',
         outcome: 'success',
@@ -396,7 +395,7 @@ export class LoginService {
     const settings = await this.#settings.get(tenantId);
     const password = checkPassword(newPassword, settings.password, user.username);
     const history = await this.#storage.tenant(tenantId).transaction((db) =>
-      db.selectFrom('password_history').select('password_hash').where('user_id', '=', user.id).orderBy('created_at', 'desc').limit(settings.password.historySize).execute(),
+      db.selectFrom('password_history').select('password_hash').where('user_id', '=', user.id).orderBy('id', 'desc').limit(settings.password.historySize).execute(),
     );
     const previous = [...(user.password_hash && settings.password.historySize > 0 ? [user.password_hash] : []), ...history.map((h) => h.password_hash)];
     for (const h of previous) {
@@ -409,10 +408,11 @@ export class LoginService {
 
   async #setPassword(db: Kysely<TenantDB>, tenantId: string, user: UserRow, newHash: string, actor: Actor, eventType: string): Promise<void> {
     const now = this.#clock.now();
-    if (user.password_hash) await db.insertInto('password_history').values({ user_id: user.id, password_hash: user.password_hash, created_at: now }).execute();
+    if (user.password_hash) await db.insertInto('password_history').values({ id: newId(now), user_id: user.id, password_hash: user.password_hash, created_at: now }).execute();
     await db.updateTable('users').set({ password_hash: newHash, must_change_password: 0, password_expires_at: null, password_changed_at: now, updated_at: now }).where('id', '=', user.id).execute();
-    const keep = await db.selectFrom('password_history').select('created_at').where('user_id', '=', user.id).orderBy('created_at', 'desc').limit(1).offset(24).executeTakeFirst();
-    if (keep) await db.deleteFrom('password_history').where('user_id', '=', user.id).where('created_at', '<=', keep.created_at).execute();
+    // Keep at most 24 old passwords (the largest history setting).
+    const oldest = await db.selectFrom('password_history').select('id').where('user_id', '=', user.id).orderBy('id', 'desc').limit(1).offset(24).executeTakeFirst();
+    if (oldest) await db.deleteFrom('password_history').where('user_id', '=', user.id).where('id', '<=', oldest.id).execute();
     await this.#audit.append(db, tenantId, { type: eventType, outcome: 'success', actor, resource: { type: 'user', id: user.id, name: user.username } });
   }
 

@@ -161,6 +161,11 @@ export class SessionService {
     });
   }
 
+  /** Ends the session a presented secret names, if any (sign-in from a browser that still holds one). */
+  async endBySecret(tenantId: string, secret: string): Promise<void> {
+    await this.#storage.tenant(tenantId).transaction((db) => db.deleteFrom('sessions').where('id_hash', '=', hashSecret(secret)).execute());
+  }
+
   async list(auth: AuthContext): Promise<SessionView[]> {
     const rows = await this.#storage.tenant(auth.tenantId).transaction((db) => db.selectFrom('sessions').selectAll().where('user_id', '=', auth.userId).orderBy('created_at', 'desc').execute());
     return rows.map((r) => ({

@@ -104,3 +104,24 @@ export async function tenantWithAdmin(app: FastifyInstance, rt: Runtime, name: s
   const admin = await signIn(app, rt, { tenant: name, tenantId: t.id, username: 'admin', password: t.admin.temporaryPassword, email: adminEmail });
   return { tenantId: t.id, name, admin, adminEmail };
 }
+
+/** The AuthContext behind a session cookie (to call services directly in tests). */
+export async function authFromCookie(rt: Runtime, tenantId: string, cookie: string) {
+  const secret = cookie.slice(cookie.indexOf('=') + 1);
+  const dot = secret.indexOf('.');
+  return rt.sessions.authenticate(tenantId, secret.slice(dot + 1), 'session', {});
+}
+
+/** Creates a user as the given administrator and returns its id and the temporary password from the welcome mail. */
+export async function createUser(
+  rt: Runtime,
+  tenant: { tenantId: string; name: string },
+  adminCookie: string,
+  input: { username: string; email?: string; kind?: 'console' | 'api'; roles?: string[]; orgIds?: string[] },
+): Promise<{ id: string; email: string; temporaryPassword: string }> {
+  const auth = await authFromCookie(rt, tenant.tenantId, adminCookie);
+  const email = input.email ?? `${input.username}@${tenant.name}.example`;
+  const user = await rt.users.create(auth, { id: tenant.tenantId, name: tenant.name }, { ...input, email });
+  const mail = await lastMail(rt, tenant.tenantId, 'iam.user.welcome', email);
+  return { id: user.id, email, temporaryPassword: temporaryPasswordFrom(mail.text) };
+}

@@ -1,6 +1,6 @@
-import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { Type, type Static } from 'typebox';
-import { DEVICE_COOKIE, DEVICE_MAX_MS, SESSION_COOKIE, SESSION_MAX_MS } from '../../iam/credentials.js';
+import { DEVICE_COOKIE, DEVICE_MAX_MS, SESSION_COOKIE, SESSION_MAX_MS, parseCredential } from '../../iam/credentials.js';
 import type { SignInResult } from '../../iam/login-service.js';
 import type { Runtime } from '../../runtime.js';
 import { authOf, sourceOf, tenantOf } from '../plugins/tenant-binding.js';
@@ -41,12 +41,19 @@ function cookieOptions(maxAgeMs: number, path = '/') {
   return { path, secure: true, httpOnly: true, sameSite: 'strict' as const, maxAge: Math.floor(maxAgeMs / 1000) };
 }
 
-/** Renders a sign-in step: sets the session cookie (and the device cookie) and never puts the session secret in the body. */
-function sendSignIn(reply: FastifyReply, result: SignInResult): Static<typeof SignIn> {
+/**
+ * Renders a sign-in step: sets the session cookie (and the device cookie) and
+ * never puts the session secret in the body. A completed sign-in ends the
+ * session the browser still held, so a session id never survives
+ * re-authentication.
+ */
+async function sendSignIn(rt: Runtime, request: FastifyRequest, reply: FastifyReply, result: SignInResult): Promise<Static<typeof SignIn>> {
   if (result.deviceToken) reply.setCookie(DEVICE_COOKIE, result.deviceToken, cookieOptions(DEVICE_MAX_MS, '/api/v1/auth'));
   if (result.status === 'challenge') {
     return { status: 'challenge', challenge: result.challenge, flowToken: result.flowToken, ...(result.mfaEnrollment ? { mfaEnrollment: result.mfaEnrollment } : {}) };
   }
+  const previous = parseCredential(request.cookies[SESSION_COOKIE]);
+  if (previous && request.tenant && previous.tenantId === request.tenant.id) await rt.sessions.endBySecret(previous.tenantId, previous.secret);
   reply.setCookie(SESSION_COOKIE, result.session.token, cookieOptions(SESSION_MAX_MS));
   return {
     status: 'ok',
@@ -83,7 +90,7 @@ export function authRoutes(app: FastifyInstance, rt: Runtime): void {
       const body = request.body as { username: string; password: string; deviceToken?: string };
       const t = tenantOf(request);
       const result = await rt.login.login(t, { username: body.username, password: body.password, deviceToken: body.deviceToken ?? request.cookies[DEVICE_COOKIE], source: sourceOf(request) });
-      return sendSignIn(reply, result);
+      return sendSignIn(rt, request, reply, result);
     },
   );
 
@@ -100,7 +107,7 @@ export function authRoutes(app: FastifyInstance, rt: Runtime): void {
     },
     async (request, reply) => {
       const body = request.body as { flowToken: string; code: string };
-      return sendSignIn(reply, await rt.login.verifyDevice(tenantOf(request), { ...body, source: sourceOf(request) }));
+      return sendSignIn(rt, request, reply, await rt.login.verifyDevice(tenantOf(request), { ...body, source: sourceOf(request) }));
     },
   );
 
@@ -117,7 +124,7 @@ export function authRoutes(app: FastifyInstance, rt: Runtime): void {
     },
     async (request, reply) => {
       const body = request.body as { flowToken: string; currentPassword: string; newPassword: string };
-      return sendSignIn(reply, await rt.login.changePasswordInFlow(tenantOf(request), { ...body, source: sourceOf(request) }));
+      return sendSignIn(rt, request, reply, await rt.login.changePasswordInFlow(tenantOf(request), { ...body, source: sourceOf(request) }));
     },
   );
 
@@ -137,7 +144,7 @@ export function authRoutes(app: FastifyInstance, rt: Runtime): void {
     },
     async (request, reply) => {
       const body = request.body as { flowToken: string; code?: string; recoveryCode?: string };
-      return sendSignIn(reply, await rt.login.verifyMfa(tenantOf(request), { ...body, source: sourceOf(request) }));
+      return sendSignIn(rt, request, reply, await rt.login.verifyMfa(tenantOf(request), { ...body, source: sourceOf(request) }));
     },
   );
 

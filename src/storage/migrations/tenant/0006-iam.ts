@@ -84,11 +84,12 @@ export const iamMigrations: readonly Migration[] = [
         .execute();
       await db.schema
         .createTable('password_history')
+        .addColumn('id', 'text', (c) => c.primaryKey())
         .addColumn('user_id', 'text', (c) => c.notNull().references('users.id').onDelete('cascade'))
         .addColumn('password_hash', 'text', (c) => c.notNull())
         .addColumn('created_at', big, (c) => c.notNull())
         .execute();
-      await db.schema.createIndex('password_history_user_idx').on('password_history').columns(['user_id', 'created_at']).execute();
+      await db.schema.createIndex('password_history_user_idx').on('password_history').columns(['user_id', 'id']).execute();
       await db.schema
         .createTable('password_resets')
         .addColumn('token_hash', blob, (c) => c.primaryKey())
