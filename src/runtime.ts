@@ -7,12 +7,19 @@ import type { EncryptedSource } from './crypto/encrypted-source.js';
 import { KeyService } from './crypto/key-service.js';
 import { readMasterKeyFile } from './crypto/master-key.js';
 import { TenantSecrets } from './crypto/tenant-secrets.js';
+import { AlertAdminService } from './alerts/alert-admin-service.js';
 import { AlertService } from './alerts/alert-service.js';
+import { ListService } from './data/list-service.js';
+import { RecordService } from './data/record-service.js';
 import { AccountService } from './iam/account-service.js';
+import { ClientCertificates } from './iam/client-certificates.js';
 import { LoginService } from './iam/login-service.js';
 import { Mfa } from './iam/mfa.js';
+import { OrgService } from './iam/org-service.js';
+import { RoleService } from './iam/role-service.js';
 import { SecuritySettingsStore } from './iam/security-settings.js';
 import { SessionService } from './iam/session-service.js';
+import { SecuritySettingsService } from './iam/settings-service.js';
 import { UserService } from './iam/user-service.js';
 import { MailService } from './notify/mail-service.js';
 import { WebhookService } from './notify/webhook-service.js';
@@ -48,6 +55,18 @@ export interface Runtime {
   readonly login: LoginService;
   readonly users: UserService;
   readonly account: AccountService;
+  readonly lists: ListService;
+  readonly records: RecordService;
+  /** Custom roles (and the read-only built-in ones). */
+  readonly roles: RoleService;
+  /** The organization tree. */
+  readonly orgs: OrgService;
+  /** Security settings as account administrators change them (authorized, recorded). */
+  readonly securityAdmin: SecuritySettingsService;
+  /** Alert rules and webhook endpoints as tenant administrators manage them (authorized, recorded). */
+  readonly alertAdmin: AlertAdminService;
+  /** API users' client certificates: registration and sign-in by certificate. */
+  readonly clientCertificates: ClientCertificates;
   /** Every table that holds field ciphertexts, for re-encryption. */
   readonly encryptedSources: readonly EncryptedSource[];
   close(): Promise<void>;
@@ -74,7 +93,7 @@ export async function openRuntime(config: Config, opts: OpenRuntimeOptions): Pro
     const audit = await AuditService.open({ storage, clock, masterKey: () => masterKey, logger: opts.logger, config });
     const keys = new KeyService({ storage, clock, masterKey });
     const secrets = new TenantSecrets({ keys, clock });
-    const encryptedSources: EncryptedSource[] = [TenantSecrets.source];
+    const encryptedSources: EncryptedSource[] = [TenantSecrets.source, RecordService.source()];
     const mail = new MailService({ storage, clock, logger: opts.logger, smtpUrl: config.smtpUrl, mailFrom: config.mailFrom });
     const webhooks = new WebhookService({ storage, clock, secrets, logger: opts.logger });
     const alerts = new AlertService({ storage, clock, audit, mail, webhooks });
@@ -84,6 +103,13 @@ export async function openRuntime(config: Config, opts: OpenRuntimeOptions): Pro
     const login = new LoginService({ storage, clock, audit, mail, settings: securitySettings, sessions, mfa, publicUrl: config.publicUrl });
     const users = new UserService({ storage, clock, audit, mail, sessions, login, mfa });
     const account = new AccountService({ storage, audit, mfa, sessions });
+    const lists = new ListService({ storage, clock, keys, audit });
+    const records = new RecordService({ storage, clock, keys, audit, lists });
+    const roles = new RoleService({ storage, clock, audit, settings: securitySettings });
+    const orgs = new OrgService({ storage, clock, audit });
+    const securityAdmin = new SecuritySettingsService({ storage, audit, settings: securitySettings });
+    const alertAdmin = new AlertAdminService({ storage, audit, alerts, webhooks });
+    const clientCertificates = new ClientCertificates({ storage, clock, audit, login });
     const tenants = new TenantService({ storage, clock, keys, audit });
     const recovered = await tenants.recover();
     if (recovered.removed.length > 0 || recovered.finishedDeleting.length > 0) {
@@ -118,6 +144,13 @@ export async function openRuntime(config: Config, opts: OpenRuntimeOptions): Pro
       login,
       users,
       account,
+      lists,
+      records,
+      roles,
+      orgs,
+      securityAdmin,
+      alertAdmin,
+      clientCertificates,
       encryptedSources,
       close: async () => {
         mail.close();

@@ -14,3 +14,9 @@ export function printTable(headers: string[], rows: string[][]): void {
   println(line(headers));
   for (const r of rows) println(line(r));
 }
+
+/** Prints `value` as JSON with `--json`, else the human text. */
+export function output(json: boolean | undefined, value: unknown, text: () => string): void {
+  if (json) printJson(value);
+  else println(text());
+}

@@ -126,6 +126,7 @@ export class KeyService {
 
   #forget(tenantId: string): void {
     this.#rings.delete(tenantId);
+    for (const k of this.#readKeys.keys()) if (k.startsWith(`${tenantId}|`)) this.#readKeys.delete(k);
     for (const k of this.#keks.keys()) if (k.startsWith(`${tenantId}:`)) this.#keks.delete(k);
     for (const k of this.#deks.keys()) if (k.startsWith(`${tenantId}|`)) this.#deks.delete(k);
   }
@@ -211,6 +212,27 @@ export class KeyService {
     const activeRow = rows.filter((r) => r.state === 'active').at(-1) ?? rows.at(-1)!;
     const active = all.find((m) => m.generation === activeRow.generation)!;
     return new ObjectKeys(tenantId, objectType, objectId, active, all);
+  }
+
+  readonly #readKeys = new Map<string, { keys: ObjectKeys; at: number }>();
+
+  /**
+   * The data keys of an object for reading, cached for a second (the ring's
+   * state is still checked on every call). A value under a generation the
+   * cached keys do not know fails `decryption_failed`: the caller then asks
+   * again with `fresh`. Writes use {@link objectKeys}, which reads the current
+   * generation in their transaction.
+   */
+  async objectKeysForRead(db: Kysely<TenantDB>, tenantId: string, objectType: string, objectId: string, opts: { fresh?: boolean } = {}): Promise<ObjectKeys> {
+    await this.#usableRing(tenantId);
+    const key = `${tenantId}|${objectType}|${objectId}`;
+    const now = this.#clock.now();
+    const hit = this.#readKeys.get(key);
+    if (!opts.fresh && hit && now - hit.at < RING_CACHE_MS) return hit.keys;
+    const keys = await this.objectKeys(db, tenantId, objectType, objectId);
+    if (this.#readKeys.size > DEK_CACHE_ENTRIES) this.#readKeys.clear();
+    this.#readKeys.set(key, { keys, at: now });
+    return keys;
   }
 
   /**

@@ -1,5 +1,6 @@
 import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { TlsOptions } from 'node:tls';
 import { newUlid } from '../core/ids.js';
 import type { Runtime } from '../runtime.js';
 import { VERSION } from '../version.js';
@@ -10,17 +11,29 @@ import { openapiPlugin } from './plugins/openapi.js';
 import { securityHeadersPlugin } from './plugins/security-headers.js';
 import { registerTenantBinding } from './plugins/tenant-binding.js';
 import { healthRoutes } from './routes/health.js';
+import { apiCredentialRoutes } from './routes/api-credentials.js';
 import { authRoutes } from './routes/auth.js';
+import { listRoutes } from './routes/lists.js';
 import { loginOptionsRoutes } from './routes/login-options.js';
 import { meRoutes } from './routes/me.js';
+import { activityRoutes } from './routes/activity.js';
+import { alertRoutes } from './routes/alerts.js';
+import { keyRoutes } from './routes/keys.js';
+import { orgRoutes } from './routes/orgs.js';
+import { roleRoutes } from './routes/roles.js';
+import { settingsRoutes } from './routes/settings.js';
+import { userRoutes } from './routes/users.js';
 
 export interface BuildAppOptions {
   runtime: Runtime;
-  /** TLS material; absent in tests that use `app.inject()`. The server never listens without it. */
-  https?: { cert: string | Buffer; key: string | Buffer };
+  /** TLS material and client-certificate options; absent in tests that use `app.inject()`. The server never listens without it. */
+  https?: HttpsOptions;
   /** Whether the process is draining (readiness answers 503). */
   isShuttingDown?: () => boolean;
 }
+
+/** What `buildApp` passes to the HTTPS server: its certificate and key, and whether it asks clients for a certificate. */
+export type HttpsOptions = Pick<TlsOptions, 'cert' | 'key' | 'requestCert' | 'rejectUnauthorized'>;
 
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,64}$/;
 
@@ -32,7 +45,7 @@ const REQUEST_ID = /^[A-Za-z0-9._-]{1,64}$/;
  */
 export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> {
   const { runtime } = opts;
-  const serverOptions: FastifyServerOptions & { https?: { cert: string | Buffer; key: string | Buffer } } = {
+  const serverOptions: FastifyServerOptions & { https?: HttpsOptions } = {
     loggerInstance: runtime.logger,
     bodyLimit: runtime.config.bodyLimitBytes,
     trustProxy: runtime.config.trustedProxies.length > 0 ? [...runtime.config.trustedProxies] : false,
@@ -72,6 +85,15 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
       loginOptionsRoutes(tenantScope);
       authRoutes(tenantScope, runtime);
       meRoutes(tenantScope, runtime);
+      listRoutes(tenantScope, runtime);
+      userRoutes(tenantScope, runtime);
+      roleRoutes(tenantScope, runtime);
+      orgRoutes(tenantScope, runtime);
+      settingsRoutes(tenantScope, runtime);
+      activityRoutes(tenantScope, runtime);
+      keyRoutes(tenantScope, runtime);
+      alertRoutes(tenantScope, runtime);
+      apiCredentialRoutes(tenantScope, runtime);
     },
     { prefix: '/api/v1' },
   );

@@ -23,10 +23,18 @@ async function readTls(runtime: Runtime): Promise<{ cert: Buffer; key: Buffer }>
 /**
  * Starts the HTTPS server. There is no plain-HTTP listener. `configure` may add
  * routes before it listens (embedding, tests).
+ *
+ * The server asks every client for a certificate (`requestCert`) but does not
+ * judge it in the handshake (`rejectUnauthorized: false`): the CAs an API
+ * user's certificate may chain to are registered per tenant and per user, so
+ * `POST /auth/token` checks the certificate in the application
+ * (`src/iam/client-certificates.ts`). A client without a certificate is
+ * served as before; the TLS stack still proves that a client presenting one
+ * holds its private key.
  */
 export async function startServer(runtime: Runtime, configure?: (app: FastifyInstance) => void): Promise<RunningServer> {
   let shuttingDown = false;
-  const app = await buildApp({ runtime, https: await readTls(runtime), isShuttingDown: () => shuttingDown });
+  const app = await buildApp({ runtime, https: { ...(await readTls(runtime)), requestCert: true, rejectUnauthorized: false }, isShuttingDown: () => shuttingDown });
   configure?.(app);
   await app.listen({ host: runtime.config.host, port: runtime.config.port });
   const address = app.server.address();

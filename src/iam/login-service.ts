@@ -203,8 +203,13 @@ export class LoginService {
     if (pending.length === 0) {
       if (flow) await db.deleteFrom('login_flows').where('id_hash', '=', flow.idHash).execute();
       const session = await this.#sessions.issue(db, tenant.id, user, { authMethod, source });
-      // Only a completed sign-in (every factor passed) resets the failure count.
-      await db.updateTable('users').set({ last_login_at: now, failed_attempts: 0, locked_until: null }).where('id', '=', user.id).execute();
+      // Only a completed password sign-in (every factor passed) resets the failure count: a
+      // certificate sign-in proves nothing about the password someone may be guessing.
+      await db
+        .updateTable('users')
+        .set(authMethod === 'password' ? { last_login_at: now, failed_attempts: 0, locked_until: null } : { last_login_at: now })
+        .where('id', '=', user.id)
+        .execute();
       await this.#audit.append(db, tenant.id, {
         type: user.kind === 'console' ? 'auth.login.success' : 'auth.token.issue',
         outcome: 'success',

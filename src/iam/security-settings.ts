@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import type { Kysely } from 'kysely';
 import type { Clock } from '../core/clock.js';
@@ -70,8 +71,14 @@ function bool(v: unknown, name: string): boolean {
   return v;
 }
 
-/** Parses a CIDR (or a single address) and returns it normalised; throws on anything else. */
+/**
+ * Parses a CIDR (or a single address) and returns it normalised; throws on anything else.
+ * Only the standard notations are accepted (Node's `isIP`): ipaddr.js alone also reads
+ * `10.0.0` as 10.0.0.0, `167772161` as 10.0.0.1 and `010.0.0.1` (octal) as 8.0.0.1.
+ */
 export function parseCidr(text: string): [ipaddr.IPv4 | ipaddr.IPv6, number] {
+  const slash = text.indexOf('/');
+  if (isIP(slash < 0 ? text : text.slice(0, slash)) === 0 || (slash >= 0 && !/^[0-9]{1,3}$/.test(text.slice(slash + 1)))) fail(`${text} is not an IP address or CIDR`);
   try {
     if (text.includes('/')) return ipaddr.parseCIDR(text);
     const addr = ipaddr.parse(text);
@@ -84,6 +91,7 @@ export function parseCidr(text: string): [ipaddr.IPv4 | ipaddr.IPv6, number] {
 /** Whether `ip` falls in any of the CIDRs (IPv4-mapped IPv6 addresses count as IPv4). */
 export function ipAllowed(ip: string, cidrs: readonly string[]): boolean {
   if (cidrs.length === 0) return true;
+  if (isIP(ip) === 0) return false;
   let addr: ipaddr.IPv4 | ipaddr.IPv6;
   try {
     addr = ipaddr.process(ip);

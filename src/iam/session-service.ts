@@ -1,4 +1,4 @@
-import type { Kysely, Selectable } from 'kysely';
+import type { CompiledQuery, Kysely, Selectable, SelectQueryBuilder } from 'kysely';
 import type { Clock } from '../core/clock.js';
 import { rfc3339 } from '../core/clock.js';
 import { CustosError } from '../core/errors.js';
@@ -64,6 +64,23 @@ export async function reachableOrgs(db: Kysely<TenantDB>, userId: string): Promi
 }
 
 /**
+ * What authentication reads: the session, its user, and the user's roles —
+ * one row per role (`role` null for a user without roles). The session and
+ * the user are read on every request, so suspension, deletion and role
+ * changes apply at once.
+ */
+function authQuery(db: Kysely<TenantDB>, hash: Buffer) {
+  return db
+    .selectFrom('sessions')
+    .innerJoin('users', 'users.id', 'sessions.user_id')
+    .leftJoin('user_roles', 'user_roles.user_id', 'users.id')
+    .select(['sessions.kind', 'sessions.auth_method', 'sessions.csrf_hash', 'sessions.last_seen_at', 'sessions.expires_at', 'sessions.public_id', 'users.id as user_id', 'users.username', 'users.status', 'users.kind as user_kind', 'user_roles.role'])
+    .where('sessions.id_hash', '=', hash);
+}
+
+type AuthRow = ReturnType<typeof authQuery> extends SelectQueryBuilder<TenantDB, never, infer O> ? O : never;
+
+/**
  * Server-side sessions (console, cookie) and API tokens (bearer): random
  * 256-bit secrets stored as SHA-256, a new one at every sign-in, an idle
  * timeout (15/30/60 minutes, console) and an absolute lifetime (12 hours;
@@ -74,6 +91,7 @@ export class SessionService {
   readonly #storage: Storage;
   readonly #clock: Clock;
   readonly #settings: SecuritySettingsStore;
+  #authQuery: CompiledQuery<AuthRow> | undefined;
 
   constructor(deps: { storage: Storage; clock: Clock; settings: SecuritySettingsStore }) {
     this.#storage = deps.storage;
@@ -104,14 +122,9 @@ export class SessionService {
         public_id: publicId,
       })
       .execute();
-    const settings = await this.#settings.inTx(db);
-    return {
-      token,
-      csrfToken: csrf?.token,
-      sessionId: publicId,
-      expiresAt: new Date(expiresAt).toISOString(),
-      idleTimeoutMinutes: user.kind === 'console' ? settings.session.idleTimeoutMinutes : undefined,
-    };
+    // Only console sessions have an idle timeout to report: API tokens skip the settings read.
+    const idleTimeoutMinutes = user.kind === 'console' ? (await this.#settings.inTx(db)).session.idleTimeoutMinutes : undefined;
+    return { token, csrfToken: csrf?.token, sessionId: publicId, expiresAt: new Date(expiresAt).toISOString(), idleTimeoutMinutes };
   }
 
   /**
@@ -124,12 +137,10 @@ export class SessionService {
     const now = this.#clock.now();
     const settings = await this.#settings.get(tenantId);
     return this.#storage.tenant(tenantId).transaction(async (db) => {
-      const row = await db
-        .selectFrom('sessions')
-        .innerJoin('users', 'users.id', 'sessions.user_id')
-        .select(['sessions.id_hash', 'sessions.kind', 'sessions.auth_method', 'sessions.csrf_hash', 'sessions.last_seen_at', 'sessions.expires_at', 'sessions.public_id', 'users.id as user_id', 'users.username', 'users.status', 'users.kind as user_kind'])
-        .where('sessions.id_hash', '=', hash)
-        .executeTakeFirst();
+      // One statement per request: compiled once (the SQL is the same for every tenant of this storage), run with this hash.
+      this.#authQuery ??= authQuery(db, Buffer.alloc(32)).compile();
+      const rows = (await db.executeQuery<AuthRow>({ ...this.#authQuery, parameters: [hash] })).rows;
+      const row = rows[0];
       const wantKind = via === 'session' ? 'console' : 'api';
       if (!row || row.kind !== wantKind || row.user_kind !== wantKind || row.status !== 'active') throw new CustosError('authentication_required');
       const idleMs = settings.session.idleTimeoutMinutes * 60_000;
@@ -140,7 +151,7 @@ export class SessionService {
       if (now - row.last_seen_at >= TOUCH_EVERY_MS) {
         await db.updateTable('sessions').set({ last_seen_at: now }).where('id_hash', '=', hash).execute();
       }
-      const roles = (await db.selectFrom('user_roles').select('role').where('user_id', '=', row.user_id).execute()).map((r) => r.role);
+      const roles = rows.flatMap((r) => (r.role === null ? [] : [r.role])).sort();
       const permissions = await permissionsOf(db, roles);
       const orgs = settings.orgAccessControl ? await reachableOrgs(db, row.user_id) : null;
       return {

@@ -229,11 +229,15 @@ export class UserService {
     });
   }
 
+  /** Replaces a user's organizations within the actor's reach; memberships in organizations the actor cannot reach stay. */
   setOrgs(auth: AuthContext, tenantId: string, userId: string, orgIds: unknown): Promise<UserView> {
     return this.#change(auth, tenantId, userId, 'iam.user.orgs', async (db) => {
       const list = await this.#checkOrgs(db, auth, orgIds);
+      const current = (await db.selectFrom('user_orgs').select('org_id').where('user_id', '=', userId).execute()).map((r) => r.org_id);
+      const kept = auth.reachableOrgs === null ? [] : current.filter((o) => !auth.reachableOrgs!.has(o));
       await db.deleteFrom('user_orgs').where('user_id', '=', userId).execute();
-      if (list.length > 0) await db.insertInto('user_orgs').values(list.map((org_id) => ({ user_id: userId, org_id }))).execute();
+      const all = [...new Set([...kept, ...list])];
+      if (all.length > 0) await db.insertInto('user_orgs').values(all.map((org_id) => ({ user_id: userId, org_id }))).execute();
     });
   }
 

@@ -10,6 +10,16 @@ export interface StorageAdapter {
   readonly bigintType: 'integer' | 'bigint';
   /** Whether separate processes can write concurrently (false: one writer at a time). */
   readonly concurrentWriters: boolean;
+  /** SQL text of a JSON text column's member as text (`json_extract` / `->>`); `key` must be a safe identifier. */
+  jsonMemberText(column: string, key: string): string;
+  /** The parameter to compare `jsonMemberText` with for a JSON scalar (SQLite compares typed values, PostgreSQL text). */
+  jsonMemberParam(value: string | number | boolean): string | number;
+}
+
+const SAFE = /^[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63})?$/;
+function safe(id: string): string {
+  if (!SAFE.test(id)) throw new TypeError('not a safe identifier');
+  return id;
 }
 
 export const sqliteAdapter: StorageAdapter = Object.freeze({
@@ -17,6 +27,8 @@ export const sqliteAdapter: StorageAdapter = Object.freeze({
   blobType: 'blob',
   bigintType: 'integer',
   concurrentWriters: false,
+  jsonMemberText: (column: string, key: string) => `json_extract(${safe(column)}, '$.${safe(key)}')`,
+  jsonMemberParam: (value: string | number | boolean) => (typeof value === 'boolean' ? (value ? 1 : 0) : value),
 });
 
 export const postgresAdapter: StorageAdapter = Object.freeze({
@@ -24,4 +36,6 @@ export const postgresAdapter: StorageAdapter = Object.freeze({
   blobType: 'bytea',
   bigintType: 'bigint',
   concurrentWriters: true,
+  jsonMemberText: (column: string, key: string) => `(${safe(column)}::jsonb ->> '${safe(key)}')`,
+  jsonMemberParam: (value: string | number | boolean) => (typeof value === 'string' ? value : JSON.stringify(value)),
 });

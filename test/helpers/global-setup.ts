@@ -6,16 +6,33 @@ export const DEFAULT_TEST_POSTGRES_URL = 'postgres://postgres@127.0.0.1:5432/tes
 declare module 'vitest' {
   export interface ProvidedContext {
     postgresUrl: string | null;
+    /** The pid of this test run: its PostgreSQL schemas carry it, so concurrent runs leave each other's alone. */
+    runPid: number;
   }
 }
 
-/** Drops what test runs left in PostgreSQL: control schemas named custos_test_*, their tenants' schemas and roles. */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Drops what test runs left in PostgreSQL: control schemas named
+ * custos_test_<pid>_*, their tenants' schemas and roles — those of this run,
+ * and of runs whose process is gone (another run in progress keeps its own).
+ */
 async function cleanPostgres(url: string): Promise<void> {
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
     const schemas = await client.query<{ nspname: string }>(`SELECT nspname FROM pg_namespace WHERE nspname LIKE 'custos\\_test\\_%'`);
     for (const { nspname } of schemas.rows) {
+      const pid = Number(/^custos_test_(\d+)_/.exec(nspname)?.[1] ?? 0);
+      if (pid !== 0 && pid !== process.pid && alive(pid)) continue;
       const tenants = await client
         .query<{ id: string }>(`SELECT id FROM "${nspname}".tenants`)
         .catch(() => ({ rows: [] as { id: string }[] }));
@@ -51,6 +68,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
     console.warn(`PostgreSQL unreachable (${(err as Error).message}); PostgreSQL suites are skipped. Set CI=true to make this an error.`);
   }
   project.provide('postgresUrl', reachable ? url : null);
+  project.provide('runPid', process.pid);
   return async () => {
     if (reachable) await cleanPostgres(url);
   };

@@ -125,3 +125,22 @@ export async function createUser(
   const mail = await lastMail(rt, tenant.tenantId, 'iam.user.welcome', email);
   return { id: user.id, email, temporaryPassword: temporaryPasswordFrom(mail.text) };
 }
+
+/** An API user with the given roles and a bearer token (its first-login password change done). */
+export async function apiUser(app: FastifyInstance, rt: Runtime, tenant: { tenantId: string; name: string }, adminCookie: string, username: string, roles: string[]): Promise<{ id: string; token: string; headers: Record<string, string>; password: string }> {
+  const u = await createUser(rt, tenant, adminCookie, { username, kind: 'api', roles });
+  const first = await app.inject({ method: 'POST', url: '/api/v1/auth/token', payload: { tenant: tenant.name, username, password: u.temporaryPassword } });
+  expect(first.json().challenge).toBe('password_change_required');
+  const password = strongPassword();
+  const changed = await app.inject({ method: 'POST', url: '/api/v1/auth/password/change', payload: { tenant: tenant.name, flowToken: first.json().flowToken, currentPassword: u.temporaryPassword, newPassword: password } });
+  expect(changed.statusCode, changed.body).toBe(200);
+  const tok = await app.inject({ method: 'POST', url: '/api/v1/auth/token', payload: { tenant: tenant.name, username, password } });
+  const token = tok.json().accessToken as string;
+  return { id: u.id, token, headers: { authorization: `Bearer ${token}` }, password };
+}
+
+/** A console user with the given roles, signed in. */
+export async function consoleUser(app: FastifyInstance, rt: Runtime, tenant: { tenantId: string; name: string }, adminCookie: string, username: string, roles: string[]): Promise<SignedIn> {
+  const u = await createUser(rt, tenant, adminCookie, { username, roles });
+  return signIn(app, rt, { tenant: tenant.name, tenantId: tenant.tenantId, username, password: u.temporaryPassword, email: u.email });
+}

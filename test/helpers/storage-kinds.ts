@@ -46,7 +46,7 @@ export async function makeTestEnv(kind: StorageKind, extraEnv: Record<string, st
   if (kind === 'postgres') {
     const url = postgresUrl();
     if (!url) throw new Error('PostgreSQL is not available');
-    schema = `custos_test_${randomBytes(6).toString('hex')}`;
+    schema = `custos_test_${inject('runPid')}_${randomBytes(6).toString('hex')}`;
     env.CUSTOS_DATABASE_URL = url;
     env.CUSTOS_DATABASE_SCHEMA = schema;
   }

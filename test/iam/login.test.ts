@@ -286,7 +286,11 @@ describeEachStorage('sign-in and sessions', (kind) => {
       const first = await app.inject({ method: 'POST', url: '/api/v1/auth/token', payload: { tenant: t.name, username: 'robot', password: api.temporaryPassword } });
       expect(first.json()).toMatchObject({ status: 'challenge', challenge: 'password_change_required' });
       const next = strongPassword();
-      expect((await app.inject({ method: 'POST', url: '/api/v1/auth/password/change', payload: { tenant: t.name, flowToken: first.json().flowToken, currentPassword: api.temporaryPassword, newPassword: next } })).statusCode).toBe(200);
+      const changed = await app.inject({ method: 'POST', url: '/api/v1/auth/password/change', payload: { tenant: t.name, flowToken: first.json().flowToken, currentPassword: api.temporaryPassword, newPassword: next } });
+      expect(changed.statusCode).toBe(200);
+      // The API user's token comes in the body, never as a session cookie.
+      expect(changed.json().accessToken).toMatch(/^[0-9a-z]{26}\./);
+      expect(changed.cookies.find((c) => c.name === 'custos_session')).toBeUndefined();
       const tok = await app.inject({ method: 'POST', url: '/api/v1/auth/token', payload: { tenant: t.name, username: 'robot', password: next } });
       expect(tok.json()).toMatchObject({ status: 'ok', tokenType: 'Bearer', expiresIn: 3600 });
       const me = await app.inject({ url: '/api/v1/me', headers: { authorization: `Bearer ${tok.json().accessToken}` } });

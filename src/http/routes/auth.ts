@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { Type, type Static } from 'typebox';
 import { DEVICE_COOKIE, DEVICE_MAX_MS, SESSION_COOKIE, SESSION_MAX_MS, parseCredential } from '../../iam/credentials.js';
+import { peerCertificates } from '../../iam/client-certificates.js';
 import type { SignInResult } from '../../iam/login-service.js';
 import type { Runtime } from '../../runtime.js';
 import { authOf, sourceOf, tenantOf } from '../plugins/tenant-binding.js';
@@ -19,7 +20,8 @@ const SignIn = Type.Union(
         status: Type.Literal('ok'),
         user: Type.Object({ id: Type.String(), username: Type.String(), kind: Type.String() }, { additionalProperties: false }),
         session: Type.Object({ id: Type.String(), expiresAt: Type.String(), idleTimeoutMinutes: Type.Optional(Type.Integer()) }, { additionalProperties: false }),
-        csrfToken: Type.String({ description: 'Send as X-CSRF-Token with every change made with the session cookie' }),
+        csrfToken: Type.Optional(Type.String({ description: 'Console sessions: send as X-CSRF-Token with every change made with the session cookie' })),
+        accessToken: Type.Optional(Type.String({ description: 'API users: the bearer token (1 hour)' })),
         recoveryCodes: Type.Optional(Type.Array(Type.String(), { description: 'Shown once, after MFA enrollment' })),
       },
       { additionalProperties: false },
@@ -52,6 +54,10 @@ async function sendSignIn(rt: Runtime, request: FastifyRequest, reply: FastifyRe
   if (result.status === 'challenge') {
     return { status: 'challenge', challenge: result.challenge, flowToken: result.flowToken, ...(result.mfaEnrollment ? { mfaEnrollment: result.mfaEnrollment } : {}) };
   }
+  if (result.user.kind === 'api') {
+    // An API user finishing a challenge gets its bearer token in the body, never as a cookie.
+    return { status: 'ok', user: result.user, session: { id: result.session.sessionId, expiresAt: result.session.expiresAt }, accessToken: result.session.token };
+  }
   const previous = parseCredential(request.cookies[SESSION_COOKIE]);
   if (previous && request.tenant && previous.tenantId === request.tenant.id) await rt.sessions.endBySecret(previous.tenantId, previous.secret);
   reply.setCookie(SESSION_COOKIE, result.session.token, cookieOptions(SESSION_MAX_MS));
@@ -59,7 +65,7 @@ async function sendSignIn(rt: Runtime, request: FastifyRequest, reply: FastifyRe
     status: 'ok',
     user: result.user,
     session: { id: result.session.sessionId, expiresAt: result.session.expiresAt, idleTimeoutMinutes: result.session.idleTimeoutMinutes },
-    csrfToken: result.session.csrfToken ?? '',
+    csrfToken: result.session.csrfToken,
     ...(result.recoveryCodes ? { recoveryCodes: result.recoveryCodes } : {}),
   };
 }
@@ -154,8 +160,10 @@ export function authRoutes(app: FastifyInstance, rt: Runtime): void {
       config: pre,
       schema: {
         tags: ['authentication'],
-        summary: 'API users: a bearer token (1 hour) for username and password',
-        body: Type.Object({ tenant: TenantName, username: Username, password: Password }, { additionalProperties: false }),
+        summary: 'API users: a bearer token (1 hour) for username and password, or for a registered TLS client certificate',
+        description:
+          'With `password`: the password sign-in (lockout applies). Without it: the TLS client certificate of this connection must be within its validity and either match a fingerprint pinned for the API user or chain, by signature, to a CA registered for it (`/users/{id}/credentials`). Every failure is 401 invalid_credentials.',
+        body: Type.Object({ tenant: TenantName, username: Username, password: Type.Optional(Password) }, { additionalProperties: false }),
         response: {
           200: Type.Union([
             Type.Object({ status: Type.Literal('ok'), accessToken: Type.String(), tokenType: Type.Literal('Bearer'), expiresAt: Type.String(), expiresIn: Type.Integer() }, { additionalProperties: false }),
@@ -166,8 +174,12 @@ export function authRoutes(app: FastifyInstance, rt: Runtime): void {
       },
     },
     async (request) => {
-      const body = request.body as { username: string; password: string };
-      const result = await rt.login.issueToken(tenantOf(request), { ...body, source: sourceOf(request) });
+      const body = request.body as { username: string; password?: string };
+      const t = tenantOf(request);
+      const result =
+        body.password !== undefined
+          ? await rt.login.issueToken(t, { username: body.username, password: body.password, source: sourceOf(request) })
+          : await rt.clientCertificates.issueToken(t, { username: body.username, chain: peerCertificates(request.raw.socket), source: sourceOf(request) });
       if (result.status === 'challenge') return { status: 'challenge' as const, challenge: result.challenge, flowToken: result.flowToken };
       return { status: 'ok' as const, accessToken: result.session.token, tokenType: 'Bearer' as const, expiresAt: result.session.expiresAt, expiresIn: Math.round((Date.parse(result.session.expiresAt) - rt.clock.now()) / 1000) };
     },

@@ -16,6 +16,8 @@ export function openSqliteFile(file: string, options: { readonly?: boolean; file
   if (!options.readonly) db.pragma('journal_mode = WAL');
   db.pragma('synchronous = FULL');
   db.pragma('foreign_keys = ON');
+  // Up to 32 MiB of page cache per connection (allocated as used): large lists keep their indexes in memory.
+  db.pragma('cache_size = -32768');
   return db;
 }
 

@@ -1,0 +1,89 @@
+// Sign-in: password logins per second against bare argon2id verifications per second, same run, same concurrency.
+//
+// Workload: `POST /api/v1/auth/token` for API users (username + password → 1-hour bearer token) over real HTTPS,
+// CONCURRENCY keep-alive connections from a load generator in its own process (bench/https-client.js), each
+// connection signing in its own API user. A login is the whole route: tenant binding, IP allowlist, body
+// validation, the user read, one argon2id verification, the lockout bookkeeping, token issuance (session row,
+// last sign-in, the `auth.token.issue` activity event, one durable commit) and the answer.
+// Baseline: CONCURRENCY concurrent loops of bare `verify()` from @node-rs/argon2 against a hash made with
+// ARGON2ID_OWASP (m=19456 KiB, t=2, p=1), in the server's process, so on the same libuv thread pool.
+// Rounds alternate workload and baseline; medians of ROUNDS. Target: logins >= 85 % of bare verifications.
+//
+// argon2 runs on libuv's thread pool: UV_THREADPOOL_SIZE is set to the number of cores (each verification is
+// single-threaded and memory-bound, so more threads than cores only adds contention); CONCURRENCY is twice that,
+// so the pool never idles while a request is between hashes. Both are printed.
+//
+// Usage: npm run bench -- login   (BENCH_DURATION_MS, BENCH_CONCURRENCY; PostgreSQL runs when it answers.)
+import { spawnSync } from 'node:child_process';
+import { availableParallelism } from 'node:os';
+import { fileURLToPath } from 'node:url';
+
+if (!process.env.UV_THREADPOOL_SIZE) {
+  // The pool size is read when the pool starts: set it for a fresh process rather than hope nothing used it yet.
+  const r = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)], {
+    stdio: 'inherit',
+    env: { ...process.env, UV_THREADPOOL_SIZE: String(availableParallelism()) },
+  });
+  process.exit(r.status ?? 1);
+}
+
+const { verify } = await import('@node-rs/argon2');
+const { ARGON2ID_OWASP, hashPassword } = await import('../dist/crypto/password-hash.js');
+const { httpDeployment, load, median, postgresReachable } = await import('./http-deployment.js');
+const { machine, report } = await import('./lib.js');
+
+const POOL = Number(process.env.UV_THREADPOOL_SIZE);
+const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 2 * availableParallelism());
+const DURATION_MS = Number(process.env.BENCH_DURATION_MS ?? 6000);
+const WARMUP_MS = 1500;
+const ROUNDS = 3;
+const TARGET = 0.85;
+
+console.log(machine());
+console.log(`argon2id m=${ARGON2ID_OWASP.memoryCost} KiB t=${ARGON2ID_OWASP.timeCost} p=${ARGON2ID_OWASP.parallelism}; UV_THREADPOOL_SIZE=${POOL}; concurrency ${CONCURRENCY}; ${DURATION_MS} ms per round after ${WARMUP_MS} ms warm-up; ${ROUNDS} rounds`);
+
+/** CONCURRENCY loops of bare argon2id verification for `ms` after a warm-up; verifications per second. */
+async function bareVerifications(hash, password, ms) {
+  let stop = false;
+  let count = 0;
+  let measuring = false;
+  const loops = Array.from({ length: CONCURRENCY }, async () => {
+    while (!stop) {
+      if (!(await verify(hash, password))) throw new Error('verification failed');
+      if (measuring) count++;
+    }
+  });
+  await new Promise((r) => setTimeout(r, WARMUP_MS));
+  measuring = true;
+  const start = performance.now();
+  await new Promise((r) => setTimeout(r, ms));
+  measuring = false;
+  const seconds = (performance.now() - start) / 1000;
+  stop = true;
+  await Promise.all(loops);
+  return count / seconds;
+}
+
+const kinds = ['sqlite', ...((await postgresReachable()) ? ['postgres'] : [])];
+if (kinds.length === 1) console.log('PostgreSQL not reachable: its run is skipped');
+
+let allMet = true;
+for (const kind of kinds) {
+  const d = await httpDeployment(kind, { apiUsers: CONCURRENCY });
+  const hash = await hashPassword(d.password);
+  const requests = d.users.map((u) => ({ method: 'POST', path: '/api/v1/auth/token', body: { tenant: d.tenant.name, username: u.username, password: d.password } }));
+  const rates = { login: [], bare: [] };
+  for (let round = 0; round < ROUNDS; round++) {
+    const r = await load({ url: d.server.url, ca: d.certFile, concurrency: CONCURRENCY, warmupMs: WARMUP_MS, durationMs: DURATION_MS, requests });
+    if (r.errors > 0 || Object.keys(r.statuses).some((s) => s !== '200')) throw new Error(`unexpected answers: ${JSON.stringify(r)}`);
+    rates.login.push(r.rate);
+    rates.bare.push(await bareVerifications(hash, d.password, DURATION_MS));
+  }
+  const issued = (await d.rt.audit.query(d.tenant.id, { limit: 1, types: ['auth.token.issue'] })).events.length;
+  if (issued === 0) throw new Error('no token was recorded as issued');
+  const ratio = report(`[${kind}] password logins (POST /api/v1/auth/token, HTTPS)`, median(rates.login), 'bare argon2id verifications', median(rates.bare), TARGET);
+  console.log(`  rounds: logins ${rates.login.map((x) => x.toFixed(1)).join(', ')}; bare ${rates.bare.map((x) => x.toFixed(1)).join(', ')}`);
+  allMet &&= ratio >= TARGET;
+  await d.close();
+}
+process.exitCode = allMet ? 0 : 1;

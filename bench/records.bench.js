@@ -1,0 +1,108 @@
+// Customer-data benchmarks, each beside its baseline in the same run (SQLite, the embedded default):
+//  1. importing N records (3 pii: email, mobile, first name; 3 plain: customer id, city, score) through the
+//     batch merge API over HTTPS, 10,000 per request — baseline: the same rows inserted unencrypted with plain
+//     SQL (better-sqlite3, same durability: WAL + synchronous=FULL, 10,000 per transaction);
+//     target >= 50,000 records/s;
+//  2. single-record GET with a bearer token at 64 concurrent connections — baseline: a bare Fastify HTTPS route
+//     returning a record-sized JSON; target >= 5,000 requests/s with p99 <= 20 ms;
+//  3. exporting the N records as CSV with a bearer token; target >= 100,000 records/s.
+// BENCH_RECORDS sets N (default 1,000,000). Load generators run in child processes.
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
+import Fastify from 'fastify';
+import { Pool } from 'undici';
+import { loadConfig } from '../dist/core/config.js';
+import { createLogger } from '../dist/core/logger.js';
+import { ALL_PERMISSIONS } from '../dist/iam/permissions.js';
+import { startServer } from '../dist/http/server.js';
+import { initDataDir } from '../dist/ops/init.js';
+import { openRuntime } from '../dist/runtime.js';
+import { fmt, machine, report } from './lib.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const N = Number(process.env.BENCH_RECORDS ?? 1_000_000);
+// Children run asynchronously: this process is the server and must keep serving meanwhile.
+const child = async (script, arg) => JSON.parse((await promisify(execFile)(process.execPath, [path.join(here, script), JSON.stringify(arg)], { encoding: 'utf8', maxBuffer: 1 << 24 })).stdout.trim().split('\n').at(-1));
+
+console.log(machine());
+console.log(`records: ${fmt(N)}`);
+const dir = mkdtempSync(path.join(tmpdir(), 'custos-bench-'));
+const loaded = loadConfig({ env: { CUSTOS_DATA_DIR: dir, CUSTOS_PORT: '0', CUSTOS_BODY_LIMIT_BYTES: String(64 << 20) } });
+await initDataDir(loaded);
+const rt = await openRuntime(loaded.config, { logger: createLogger('silent') });
+const server = await startServer(rt);
+const ca = loaded.config.tlsCert;
+
+// A tenant and a Data Director API user with a token (as an administrator would set it up).
+const op = { principal: { type: 'operator', id: 'bench' } };
+const t = await rt.tenants.create({ name: 'bench', edition: 'enterprise', adminEmail: 'ops@bench.example' }, op);
+const admin = { tenantId: t.id, userId: t.admin.id, username: 'admin', kind: 'console', roles: ['account-administrator'], permissions: new Set(ALL_PERMISSIONS), reachableOrgs: null, credentialPublicId: 'bench', authMethod: 'password', via: 'session', principal: { type: 'user', id: t.admin.id, name: 'admin' } };
+const tenant = { id: t.id, name: 'bench' };
+await rt.users.create(admin, tenant, { username: 'loader', email: 'loader@bench.example', kind: 'api', roles: ['data-director'] });
+const welcome = (await rt.mail.list(t.id, { kind: 'iam.user.welcome' }))[0].text;
+const temp = /Temporary password: (\S+)/.exec(welcome)[1];
+const first = await rt.login.issueToken(tenant, { username: 'loader', password: temp });
+await rt.login.changePasswordInFlow(tenant, { flowToken: first.flowToken, currentPassword: temp, newPassword: 'Bench loader password, long enough!' });
+const token = (await rt.login.issueToken(tenant, { username: 'loader', password: 'Bench loader password, long enough!' })).session.token;
+const authHeader = { authorization: `Bearer ${token}` };
+const pool = new Pool(server.url, { connect: { ca: readFileSync(ca) } });
+const list = JSON.parse(
+  await (
+    await pool.request({
+      method: 'POST',
+      path: '/api/v1/lists',
+      headers: { ...authHeader, 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'customers', fields: [{ name: 'FIRST_NAME', type: 'string', classification: 'pii' }, { name: 'CITY', type: 'string', classification: 'plain' }, { name: 'SCORE', type: 'number', classification: 'plain' }] }),
+    })
+  ).body.text(),
+);
+
+// 1. import
+const imp = await child('import-client.js', { url: server.url, ca, token, listId: list.id, records: N, offset: 0 });
+const baselineDb = new Database(path.join(dir, 'baseline.db'));
+baselineDb.pragma('journal_mode = WAL');
+baselineDb.pragma('synchronous = FULL');
+baselineDb.exec('create table people (id text primary key, email text, mobile text, first_name text, customer_id text, city text, score integer)');
+const ins = baselineDb.prepare('insert into people values (?, ?, ?, ?, ?, ?, ?)');
+const insertBatch = baselineDb.transaction((from, to) => {
+  for (let i = from; i < to; i++) ins.run(String(i).padStart(26, '0'), `person${i}@example.org`, `+1 555 ${String(i).padStart(7, '0')}`, `Name${i}`, `C${i}`, 'Paris', i % 1000);
+});
+let start = performance.now();
+for (let b = 0; b < N; b += 10000) insertBatch(b, Math.min(b + 10000, N));
+const baseRate = N / ((performance.now() - start) / 1000);
+baselineDb.close();
+const importRatio = report('import through the merge API (HTTPS, 10,000/request)', imp.rate, 'plain SQL inserts, unencrypted', baseRate);
+console.log(`  import target >= 50,000 records/s: ${imp.rate >= 50000 ? 'met' : 'NOT met'}`);
+
+// 2. single-record GET
+const page = JSON.parse(await (await pool.request({ method: 'GET', path: `/api/v1/lists/${list.id}/records?limit=64`, headers: authHeader })).body.text());
+const requests = page.records.map((r) => ({ path: `/api/v1/lists/${list.id}/records/${r.id}`, headers: authHeader }));
+const sample = JSON.stringify(page.records[0]);
+const get = await child('load.js', { url: server.url, ca, concurrency: 64, warmupMs: 1500, durationMs: 6000, requests });
+const bare = Fastify({ https: { cert: readFileSync(ca), key: readFileSync(loaded.config.tlsKey) }, logger: false });
+bare.get('/record', async (_req, reply) => reply.type('application/json').send(sample));
+await bare.listen({ port: 0, host: '127.0.0.1' });
+const bareGet = await child('load.js', { url: `https://127.0.0.1:${bare.server.address().port}`, ca, concurrency: 64, warmupMs: 1500, durationMs: 6000, requests: [{ path: '/record' }] });
+await bare.close();
+report('GET one record, bearer token, 64 connections', get.rate, 'bare Fastify route, record-sized JSON', bareGet.rate);
+console.log(`  p50 ${get.p50Ms.toFixed(1)} ms, p99 ${get.p99Ms.toFixed(1)} ms (baseline p99 ${bareGet.p99Ms.toFixed(1)} ms); statuses ${JSON.stringify(get.statuses)}`);
+console.log(`  GET target >= 5,000/s with p99 <= 20 ms: ${get.rate >= 5000 && get.p99Ms <= 20 ? 'met' : 'NOT met'}`);
+
+// 3. export
+start = performance.now();
+const res = await pool.request({ method: 'GET', path: `/api/v1/lists/${list.id}/export?format=csv`, headers: authHeader });
+let lines = 0;
+for await (const chunk of res.body) for (const b of chunk) if (b === 10) lines++;
+const exportRate = (lines - 1) / ((performance.now() - start) / 1000);
+report('export as CSV with a bearer token', exportRate);
+console.log(`  export target >= 100,000 records/s: ${exportRate >= 100000 ? 'met' : 'NOT met'} (${fmt(lines - 1)} records)`);
+
+await pool.close();
+await server.stop();
+rmSync(dir, { recursive: true, force: true });
+process.exitCode = importRatio === undefined ? 1 : 0;

@@ -1,0 +1,109 @@
+import type { ObjectKeys } from '../crypto/field-cipher.js';
+import type { RecordsTable } from './data-tables.js';
+import { CUSTOMER_ID, EMAIL, MD5, MOBILE, SHA256, decodeProtected, encodeProtected, type FieldDef } from './fields.js';
+import { normaliseEmail, ohashes } from './ohash.js';
+
+/** The protected object a list's data keys belong to. */
+export const LIST_OBJECT = 'list';
+
+/** Canonical text of a value for indexing (equality search and uniqueness). */
+export function indexText(field: FieldDef, value: unknown): string {
+  if (field.type === 'email') return String(value).trim().toLowerCase();
+  if (field.type === 'phone') return String(value).replace(/\D/g, '');
+  return typeof value === 'string' ? value : JSON.stringify(value);
+}
+
+/** The index value of one field: a blind index for protected fields, the canonical text for plain ones. */
+export function indexValue(keys: ObjectKeys, field: FieldDef, value: unknown): Buffer {
+  const text = indexText(field, value);
+  return field.classification === 'plain' ? Buffer.from(text, 'utf8') : keys.blindIndex(field.name, text);
+}
+
+/** The indexed lookup key of a hash: its first 48 bits, a safe integer in both engines. Hits are confirmed on the full value. */
+export function lookupKey(hash: Buffer | string): number {
+  return typeof hash === 'string' ? Number.parseInt(hash.slice(0, 12), 16) : hash.readUIntBE(0, 6);
+}
+
+export interface EncodedRecord {
+  row: RecordsTable;
+  /** Index rows of the indexed custom fields. */
+  index: Array<{ field: string; value: Buffer }>;
+}
+
+/**
+ * Turns checked field values into a stored row: plain values into JSON,
+ * protected values encrypted one by one (bound to tenant, list, record and
+ * field), oHashes and blind indexes computed. `values` holds every field of
+ * the record after the write (absent = null).
+ */
+export function encodeRecord(
+  keys: ObjectKeys,
+  fields: readonly FieldDef[],
+  listKey: number,
+  recordId: string,
+  values: ReadonlyMap<string, unknown>,
+  times: { created: number; updated: number },
+  presetHashes?: { sha256?: string; md5?: string },
+): EncodedRecord {
+  const plain: Record<string, unknown> = {};
+  const prot: Record<string, string> = {};
+  const index: Array<{ field: string; value: Buffer }> = [];
+  for (const f of fields) {
+    if (f.computed) continue;
+    const v = values.get(f.name);
+    if (v === null || v === undefined) continue;
+    if (f.classification === 'plain') plain[f.name] = v;
+    else prot[f.name] = keys.encrypt(recordId, f.name, encodeProtected(v)).toString('base64');
+    if (f.indexed && !f.standard) index.push({ field: f.name, value: indexValue(keys, f, v) });
+  }
+  const email = values.get(EMAIL);
+  const mobile = values.get(MOBILE);
+  const hashes = typeof email === 'string' ? ohashes(email) : undefined;
+  const customerId = values.get(CUSTOMER_ID);
+  const sha256 = hashes?.sha256 ?? presetHashes?.sha256 ?? null;
+  const md5 = hashes?.md5 ?? presetHashes?.md5 ?? null;
+  const mobileBi = typeof mobile === 'string' ? keys.blindIndex(MOBILE, String(mobile).replace(/\D/g, '')) : null;
+  return {
+    row: {
+      list_key: listKey,
+      id: recordId,
+      customer_id: typeof customerId === 'string' ? customerId : null,
+      email_sha256: sha256,
+      email_md5: md5,
+      email_bi: typeof email === 'string' ? keys.blindIndex(EMAIL, normaliseForMatch(email)) : null,
+      mobile_bi: mobileBi,
+      k_sha256: sha256 === null ? null : lookupKey(sha256),
+      k_md5: md5 === null ? null : lookupKey(md5),
+      k_mobile: mobileBi === null ? null : lookupKey(mobileBi),
+      plain: JSON.stringify(plain),
+      protected: JSON.stringify(prot),
+      created_at: times.created,
+      updated_at: times.updated,
+    },
+    index,
+  };
+}
+
+/** The email as matched and kept unique: trimmed and lower-cased (an +alias is a different mailbox). */
+export function normaliseForMatch(email: string): string {
+  return email.trim().toLowerCase();
+}
+
+export { normaliseEmail };
+
+/** Decrypts a stored row back to field values (computed oHashes included). `only`: decrypt just these protected fields. */
+export function decodeRecord(keys: ObjectKeys, fields: readonly FieldDef[], row: Pick<RecordsTable, 'id' | 'plain' | 'protected' | 'email_sha256' | 'email_md5'>): Map<string, unknown> {
+  const out = new Map<string, unknown>();
+  const plain = JSON.parse(row.plain) as Record<string, unknown>;
+  const prot = JSON.parse(row.protected) as Record<string, string>;
+  for (const f of fields) {
+    if (f.name === SHA256) out.set(f.name, row.email_sha256);
+    else if (f.name === MD5) out.set(f.name, row.email_md5);
+    else if (f.classification === 'plain') out.set(f.name, plain[f.name] ?? null);
+    else {
+      const ct = prot[f.name];
+      out.set(f.name, ct === undefined ? null : decodeProtected(keys.decryptString(row.id, f.name, Buffer.from(ct, 'base64'))));
+    }
+  }
+  return out;
+}

@@ -1,0 +1,670 @@
+import { sql, type Kysely, type Selectable, type SelectQueryBuilder } from 'kysely';
+import type { AuditService } from '../audit/audit-service.js';
+import type { Clock } from '../core/clock.js';
+import { rfc3339 } from '../core/clock.js';
+import { CustosError } from '../core/errors.js';
+import { isId, newId } from '../core/ids.js';
+import type { EncryptedSource } from '../crypto/encrypted-source.js';
+import { ciphertextGeneration, type ObjectKeys } from '../crypto/field-cipher.js';
+import type { KeyService } from '../crypto/key-service.js';
+import { authorize, can, type AuthContext } from '../iam/authorize.js';
+import type { StorageAdapter } from '../storage/adapter.js';
+import type { TenantDB } from '../storage/schema.js';
+import type { Storage } from '../storage/storage.js';
+import type { RecordsTable } from './data-tables.js';
+import { CUSTOMER_ID, EMAIL, MATCH_KEYS, MD5, MOBILE, SHA256, checkValue, decodeProtected, encodeProtected, type FieldDef, type MatchKey } from './fields.js';
+import type { ListService, LoadedList } from './list-service.js';
+import { ohashes } from './ohash.js';
+import { LIST_OBJECT, decodeRecord, encodeRecord, indexValue, lookupKey, normaliseForMatch } from './record-codec.js';
+import { redact } from './redaction.js';
+
+export interface RecordView {
+  id: string;
+  fields: Record<string, unknown>;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface LineError {
+  /** 1-based position of the record in the request (or the file line, as the caller numbers it). */
+  line: number;
+  field?: string;
+  reason: string;
+}
+
+export interface MergeOptions {
+  matchKey: MatchKey;
+  /** Insert records that match nothing (default true). */
+  insertOnNoMatch?: boolean;
+  /** What a match does: `merge` (default) sets the given fields and keeps the others; `replace` clears the others; `none` leaves the record alone. */
+  updateOnMatch?: 'merge' | 'replace' | 'none';
+  /** Line number of the first record, for files (default 1). */
+  firstLine?: number;
+}
+
+export interface MergeResult {
+  inserted: number;
+  updated: number;
+  skipped: number;
+  /** The record id each input line ended on. */
+  ids: string[];
+}
+
+export interface Filter {
+  field: string;
+  value: string | number | boolean;
+}
+
+/** Most records per merge, create or delete request. */
+export const MAX_BATCH = 10_000;
+/** Console (cookie) exports stop here; the API and bulk channels have no limit. */
+export const CONSOLE_EXPORT_LIMIT = 5000;
+const PAGE = 1000;
+const CHUNK = 500;
+
+type Row = Selectable<RecordsTable>;
+type RecordsQuery = SelectQueryBuilder<TenantDB, 'records', Row>;
+
+function lineError(line: number, reason: string, field?: string): LineError {
+  return field === undefined ? { line, reason } : { line, field, reason };
+}
+
+function chunks<T>(xs: readonly T[], n: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < xs.length; i += n) out.push(xs.slice(i, i + n));
+  return out;
+}
+
+/** A message without the value: the value may be personal data. */
+function reasonOf(err: unknown): string {
+  const msg = (err as Error).message ?? 'invalid';
+  const colon = msg.indexOf(': ');
+  return colon >= 0 ? msg.slice(colon + 2) : msg;
+}
+
+interface Item {
+  line: number;
+  target: Row | null;
+  values: Map<string, unknown>;
+  mode: 'merge' | 'replace';
+  presetHashes?: { sha256?: string; md5?: string };
+}
+
+/**
+ * Records of lists: create, read, update, delete, batch merge (upsert by a
+ * match key, all or nothing, with the line and reason of every rejected
+ * record), search with cursor pagination, and exports. `pii` and `sensitive`
+ * values are encrypted under the list's data key; principals without
+ * `data.pii.view` get `pii` values masked on every path; reads of `pii` in
+ * clear and every export are recorded in the activity stream.
+ */
+export class RecordService {
+  readonly #storage: Storage;
+  readonly #clock: Clock;
+  readonly #keys: KeyService;
+  readonly #audit: AuditService;
+  readonly #lists: ListService;
+  readonly #adapter: StorageAdapter;
+
+  constructor(deps: { storage: Storage; clock: Clock; keys: KeyService; audit: AuditService; lists: ListService }) {
+    this.#storage = deps.storage;
+    this.#clock = deps.clock;
+    this.#keys = deps.keys;
+    this.#audit = deps.audit;
+    this.#lists = deps.lists;
+    this.#adapter = deps.storage.adapter;
+  }
+
+  #keysOf(db: Kysely<TenantDB>, tenantId: string, listId: string): Promise<ObjectKeys> {
+    return this.#keys.objectKeys(db, tenantId, LIST_OBJECT, listId);
+  }
+
+  /** Decrypts rows for reading with cached keys; on a generation the cache does not know yet, once more with fresh keys. */
+  async #decodeAll(db: Kysely<TenantDB>, tenantId: string, list: LoadedList, rows: Row[]): Promise<Array<Map<string, unknown>>> {
+    let keys = await this.#keys.objectKeysForRead(db, tenantId, LIST_OBJECT, list.row.id);
+    try {
+      return rows.map((r) => decodeRecord(keys, list.fields, r));
+    } catch (err) {
+      if ((err as CustosError).code !== 'decryption_failed') throw err;
+      keys = await this.#keys.objectKeysForRead(db, tenantId, LIST_OBJECT, list.row.id, { fresh: true });
+      return rows.map((r) => decodeRecord(keys, list.fields, r));
+    }
+  }
+
+  /** Renders field values for a principal: `pii` masked without `data.pii.view`. */
+  #render(auth: AuthContext, list: LoadedList, row: Pick<Row, 'id' | 'created_at' | 'updated_at'>, values: Map<string, unknown>): RecordView {
+    const clear = can(auth, 'data.pii.view');
+    const fields: Record<string, unknown> = {};
+    for (const f of list.fields) {
+      const v = values.get(f.name) ?? null;
+      fields[f.name] = clear ? v : redact(f, v);
+    }
+    return { id: row.id, fields, createdAt: rfc3339(row.created_at), updatedAt: rfc3339(row.updated_at) };
+  }
+
+  #hasPii(list: LoadedList): boolean {
+    return list.fields.some((f) => f.classification === 'pii');
+  }
+
+  /**
+   * Records a read of personal data in clear — after the read's transaction,
+   * through the activity stream's group commit (a read does not pay a write
+   * transaction of its own), and before the answer leaves: if the event
+   * cannot be written, the read fails.
+   */
+  async #recordPiiRead(auth: AuthContext, tenantId: string, list: LoadedList, count: number): Promise<void> {
+    if (count === 0 || !this.#hasPii(list) || !can(auth, 'data.pii.view')) return;
+    await this.#audit.record(tenantId, { type: 'data.pii.read', outcome: 'success', actor: auth, resource: { type: 'list', id: list.row.id, name: list.row.name }, details: { records: count } });
+  }
+
+  // --- validation ------------------------------------------------------------------
+
+  /** Checks one incoming record against the schema; collects problems instead of throwing. */
+  #check(list: LoadedList, input: unknown, line: number, errors: LineError[], opts: { matchKey?: MatchKey }): Map<string, unknown> | undefined {
+    if (input === null || typeof input !== 'object' || Array.isArray(input)) {
+      errors.push(lineError(line, 'a record must be an object of field values'));
+      return undefined;
+    }
+    const values = new Map<string, unknown>();
+    let ok = true;
+    for (const [name, raw] of Object.entries(input as Record<string, unknown>)) {
+      const field = list.fields.find((f) => f.name === name);
+      if (!field) {
+        errors.push(lineError(line, 'unknown field', name.slice(0, 64)));
+        ok = false;
+        continue;
+      }
+      if (field.computed && opts.matchKey !== name) {
+        errors.push(lineError(line, 'computed from EMAIL_ADDRESS_; cannot be written', name));
+        ok = false;
+        continue;
+      }
+      try {
+        values.set(name, field.computed ? checkHash(raw, name === SHA256 ? 64 : 32) : checkValue(field, raw));
+      } catch (err) {
+        errors.push(lineError(line, reasonOf(err), name));
+        ok = false;
+      }
+    }
+    if (opts.matchKey && (opts.matchKey === SHA256 || opts.matchKey === MD5) && values.has(EMAIL)) {
+      errors.push(lineError(line, 'an oHash match key cannot update EMAIL_ADDRESS_', EMAIL));
+      ok = false;
+    }
+    if (opts.matchKey && !Object.hasOwn(input, opts.matchKey)) {
+      errors.push(lineError(line, 'the match key is missing', opts.matchKey));
+      ok = false;
+    }
+    return ok ? values : undefined;
+  }
+
+  #requireFields(list: LoadedList, item: Item, errors: LineError[]): void {
+    for (const f of list.fields) {
+      if (!f.required) continue;
+      const given = item.values.get(f.name);
+      const kept = item.mode === 'merge' && item.target !== null && !item.values.has(f.name) && storedHas(item.target, f);
+      if ((given === null || given === undefined) && !kept) errors.push(lineError(item.line, 'is required', f.name));
+    }
+  }
+
+  // --- writing -------------------------------------------------------------------------
+
+  /**
+   * Uniqueness against stored records and within the batch, then the writes.
+   * Everything is checked before anything is written, so a failure leaves
+   * the batch unapplied (and the caller's transaction rolls back anyway).
+   */
+  async #write(db: Kysely<TenantDB>, tenantId: string, list: LoadedList, keys: ObjectKeys, items: Item[]): Promise<string[]> {
+    const listKey = list.row.key;
+    const now = this.#clock.now();
+    const errors: LineError[] = [];
+    for (const item of items) this.#requireFields(list, item, errors);
+
+    // Encode every record (ids for new ones), then check unique columns.
+    const encoded = items.map((item) => {
+      const id = item.target?.id ?? newId(now);
+      const merged = new Map<string, unknown>(item.values);
+      return { item, id, merged };
+    });
+    // For merges, fields not given keep their stored form: plain values from JSON, ciphertexts as they are.
+    const rows = encoded.map(({ item, id, merged }) => {
+      const enc = encodeRecord(keys, list.fields, listKey, id, merged, { created: item.target?.created_at ?? now, updated: now }, item.presetHashes);
+      if (item.target && item.mode === 'merge') {
+        const oldPlain = JSON.parse(item.target.plain) as Record<string, unknown>;
+        const oldProt = JSON.parse(item.target.protected) as Record<string, string>;
+        const plain = JSON.parse(enc.row.plain) as Record<string, unknown>;
+        const prot = JSON.parse(enc.row.protected) as Record<string, string>;
+        for (const f of list.fields) {
+          if (f.computed || item.values.has(f.name)) continue;
+          if (f.classification === 'plain' && oldPlain[f.name] !== undefined) plain[f.name] = oldPlain[f.name];
+          if (f.classification !== 'plain' && oldProt[f.name] !== undefined) prot[f.name] = oldProt[f.name]!;
+        }
+        enc.row.plain = JSON.stringify(plain);
+        enc.row.protected = JSON.stringify(prot);
+        if (!item.values.has(EMAIL)) {
+          enc.row.email_bi = item.target.email_bi;
+          enc.row.email_sha256 = item.presetHashes?.sha256 ?? item.target.email_sha256;
+          enc.row.email_md5 = item.presetHashes?.md5 ?? item.target.email_md5;
+          enc.row.k_sha256 = enc.row.email_sha256 === null ? null : lookupKey(enc.row.email_sha256);
+          enc.row.k_md5 = enc.row.email_md5 === null ? null : lookupKey(enc.row.email_md5);
+        }
+        if (!item.values.has(MOBILE)) {
+          enc.row.mobile_bi = item.target.mobile_bi;
+          enc.row.k_mobile = item.target.k_mobile;
+        }
+        if (!item.values.has(CUSTOMER_ID)) enc.row.customer_id = item.target.customer_id;
+      }
+      return { ...enc, item };
+    });
+
+    const claims = new Map<string, { id: string; line: number }>();
+    const claim = (kind: string, key: string, id: string, line: number, field: string) => {
+      const prev = claims.get(`${kind}\u0000${key}`);
+      if (prev && prev.id !== id) errors.push(lineError(line, `the same value is given on line ${prev.line}`, field));
+      else claims.set(`${kind}\u0000${key}`, { id, line });
+    };
+    for (const r of rows) {
+      if (r.row.customer_id !== null) claim('c', r.row.customer_id, r.row.id, r.item.line, CUSTOMER_ID);
+      if (r.row.email_bi !== null) claim('e', r.row.email_bi.toString('base64'), r.row.id, r.item.line, EMAIL);
+      for (const ix of r.index) {
+        const f = list.fields.find((x) => x.name === ix.field)!;
+        if (f.unique) claim(`u:${f.name}`, ix.value.toString('base64'), r.row.id, r.item.line, f.name);
+      }
+    }
+    const byCustomer = rows.filter((r) => r.row.customer_id !== null);
+    for (const part of chunks(byCustomer, CHUNK)) {
+      const found = await db.selectFrom('records').select(['id', 'customer_id']).where('list_key', '=', listKey).where('customer_id', 'in', part.map((r) => r.row.customer_id!)).execute();
+      const owner = new Map(found.map((f) => [f.customer_id!, f.id]));
+      for (const r of part) {
+        const o = owner.get(r.row.customer_id!);
+        if (o !== undefined && o !== r.row.id) errors.push(lineError(r.item.line, 'already used by another record', CUSTOMER_ID));
+      }
+    }
+    // Emails are found through their oHash key, then compared on the blind index.
+    const byEmail = rows.filter((r) => r.row.email_bi !== null);
+    for (const part of chunks(byEmail, CHUNK)) {
+      const found = await db
+        .selectFrom('records')
+        .select(['id', 'email_bi'])
+        .where('list_key', '=', listKey)
+        .where('k_sha256', 'in', [...new Set(part.map((r) => r.row.k_sha256!))])
+        .where('email_bi', 'is not', null)
+        .execute();
+      const owner = new Map(found.map((f) => [f.email_bi!.toString('base64'), f.id]));
+      for (const r of part) {
+        const o = owner.get(r.row.email_bi!.toString('base64'));
+        if (o !== undefined && o !== r.row.id) errors.push(lineError(r.item.line, 'already used by another record', EMAIL));
+      }
+    }
+    for (const f of list.fields.filter((x) => x.unique && !x.standard)) {
+      const withIt = rows.flatMap((r) => r.index.filter((ix) => ix.field === f.name).map((ix) => ({ r, value: ix.value })));
+      for (const part of chunks(withIt, CHUNK)) {
+        const found = await db.selectFrom('record_index').select(['record_id', 'value']).where('list_key', '=', listKey).where('field', '=', f.name).where('value', 'in', part.map((p) => p.value)).execute();
+        const owner = new Map(found.map((x) => [x.value.toString('base64'), x.record_id]));
+        for (const p of part) {
+          const o = owner.get(p.value.toString('base64'));
+          if (o !== undefined && o !== p.r.row.id) errors.push(lineError(p.r.item.line, 'already used by another record', f.name));
+        }
+      }
+    }
+    if (errors.length > 0) throw batchError(errors);
+
+    const inserts = rows.filter((r) => r.item.target === null);
+    // Multi-row inserts: a few statements for thousands of records.
+    for (const part of chunks(inserts, 200)) await db.insertInto('records').values(part.map((r) => r.row)).execute();
+    for (const r of rows.filter((x) => x.item.target !== null)) {
+      const { list_key: _l, id: _i, created_at: _c, ...set } = r.row;
+      await db.updateTable('records').set(set).where('list_key', '=', listKey).where('id', '=', r.row.id).execute();
+    }
+    // Updated records: index rows of the fields this write sets (all of them for a replace) are rewritten; others stay.
+    const indexed = list.fields.filter((f) => f.indexed && !f.standard).map((f) => f.name);
+    for (const r of rows.filter((x) => x.item.target !== null)) {
+      const fieldsSet = r.item.mode === 'replace' ? indexed : indexed.filter((f) => r.item.values.has(f));
+      if (fieldsSet.length > 0) await db.deleteFrom('record_index').where('list_key', '=', listKey).where('record_id', '=', r.row.id).where('field', 'in', fieldsSet).execute();
+    }
+    const indexRows = rows.flatMap((r) => r.index.map((ix) => ({ list_key: listKey, field: ix.field, value: ix.value, record_id: r.row.id })));
+    for (const part of chunks(indexRows, 500)) await db.insertInto('record_index').values(part).execute();
+    return rows.map((r) => r.row.id);
+  }
+
+  async #targets(db: Kysely<TenantDB>, keys: ObjectKeys, listKey: number, matchKey: MatchKey, values: Array<Map<string, unknown>>): Promise<Map<string, Row>> {
+    const keyOf = (v: Map<string, unknown>) => matchValue(keys, matchKey, v.get(matchKey));
+    const out = new Map<string, Row>();
+    if (matchKey === CUSTOMER_ID) {
+      for (const part of chunks([...new Set(values.map(keyOf))], CHUNK)) {
+        for (const row of await db.selectFrom('records').selectAll().where('list_key', '=', listKey).where('customer_id', 'in', part).execute()) out.set(row.customer_id!, row);
+      }
+      return out;
+    }
+    // oHash keys, and emails through the SHA-256 oHash of their normalised form: candidates by the 48-bit key, confirmed on the full value.
+    const lookups = values.map((v) => {
+      const raw = v.get(matchKey);
+      const hash = matchKey === EMAIL ? ohashes(String(raw)).sha256 : String(raw);
+      return lookupKey(hash);
+    });
+    const column = matchKey === MD5 ? 'k_md5' : 'k_sha256';
+    for (const part of chunks([...new Set(lookups)], CHUNK)) {
+      for (const row of await db.selectFrom('records').selectAll().where('list_key', '=', listKey).where(column, 'in', part).execute()) {
+        const k = matchKey === EMAIL ? row.email_bi?.toString('base64') : matchKey === SHA256 ? row.email_sha256 : row.email_md5;
+        if (k && !out.has(k)) out.set(k, row);
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Upserts up to 10,000 records by a match key in one transaction: all or
+   * nothing. On any invalid record, the answer lists the line and reason of
+   * every one (values never repeated) and nothing changes.
+   */
+  async merge(auth: AuthContext, tenantId: string, listId: string, records: unknown[], opts: MergeOptions): Promise<MergeResult> {
+    if (!MATCH_KEYS.includes(opts.matchKey)) throw new CustosError('validation_failed', `matchKey must be one of ${MATCH_KEYS.join(', ')}`);
+    if (!Array.isArray(records) || records.length === 0 || records.length > MAX_BATCH) throw new CustosError('validation_failed', `a batch holds 1 to ${MAX_BATCH} records`);
+    const first = opts.firstLine ?? 1;
+    const insertNew = opts.insertOnNoMatch ?? true;
+    const update = opts.updateOnMatch ?? 'merge';
+    return this.#storage.tenant(tenantId).transaction(async (db) => {
+      const list = await this.#lists.load(db, auth, listId, 'lists.write');
+      const keys = await this.#keysOf(db, tenantId, listId);
+      const errors: LineError[] = [];
+      const checked = records.map((r, i) => this.#check(list, r, first + i, errors, { matchKey: opts.matchKey }));
+      if (errors.length > 0) throw batchError(errors);
+      const values = checked as Array<Map<string, unknown>>;
+      const targets = await this.#targets(db, keys, list.row.key, opts.matchKey, values);
+      const items: Item[] = [];
+      const pending = new Map<string, Item>();
+      let skipped = 0;
+      const ids: string[] = Array.from({ length: values.length }, () => '');
+      const lineOf: Array<Item | null> = [];
+      for (let i = 0; i < values.length; i++) {
+        const v = values[i]!;
+        const k = matchValue(keys, opts.matchKey, v.get(opts.matchKey));
+        const earlier = pending.get(k);
+        if (earlier) {
+          // The same record twice in one batch: later lines apply on top of earlier ones.
+          for (const [name, value] of v) earlier.values.set(name, value);
+          lineOf.push(earlier);
+          continue;
+        }
+        const target = targets.get(k) ?? null;
+        if (target && update === 'none') {
+          skipped++;
+          ids[i] = target.id;
+          lineOf.push(null);
+          continue;
+        }
+        if (!target && !insertNew) {
+          skipped++;
+          lineOf.push(null);
+          continue;
+        }
+        const presetHashes = opts.matchKey === SHA256 ? { sha256: String(v.get(SHA256)) } : opts.matchKey === MD5 ? { md5: String(v.get(MD5)) } : undefined;
+        if (opts.matchKey === SHA256 || opts.matchKey === MD5) v.delete(opts.matchKey);
+        const item: Item = { line: first + i, target, values: v, mode: target ? (update === 'replace' ? 'replace' : 'merge') : 'replace', presetHashes };
+        items.push(item);
+        pending.set(k, item);
+        lineOf.push(item);
+      }
+      const written = await this.#write(db, tenantId, list, keys, items);
+      const idOf = new Map(items.map((item, i) => [item, written[i]!]));
+      for (let i = 0; i < lineOf.length; i++) {
+        const item = lineOf[i];
+        if (item) ids[i] = idOf.get(item)!;
+      }
+      const inserted = items.filter((i) => i.target === null).length;
+      const updated = items.length - inserted;
+      await this.#audit.append(db, tenantId, {
+        type: 'records.merge',
+        outcome: 'success',
+        actor: auth,
+        resource: { type: 'list', id: listId, name: list.row.name },
+        details: { matchKey: opts.matchKey, received: records.length, inserted, updated, skipped },
+      });
+      return { inserted, updated, skipped, ids };
+    });
+  }
+
+  async create(auth: AuthContext, tenantId: string, listId: string, input: unknown): Promise<RecordView> {
+    return this.#storage.tenant(tenantId).transaction(async (db) => {
+      const list = await this.#lists.load(db, auth, listId, 'lists.write');
+      const keys = await this.#keysOf(db, tenantId, listId);
+      const errors: LineError[] = [];
+      const values = this.#check(list, input, 1, errors, {});
+      if (!values) throw batchError(errors);
+      const [id] = await this.#write(db, tenantId, list, keys, [{ line: 1, target: null, values, mode: 'replace' }]);
+      const row = await db.selectFrom('records').selectAll().where('list_key', '=', list.row.key).where('id', '=', id!).executeTakeFirstOrThrow();
+      await this.#audit.append(db, tenantId, { type: 'records.create', outcome: 'success', actor: auth, resource: { type: 'record', id: id!, name: list.row.name } });
+      return this.#render(auth, list, row, decodeRecord(keys, list.fields, row));
+    });
+  }
+
+  async #row(db: Kysely<TenantDB>, listKey: number, recordId: string): Promise<Row> {
+    if (!isId(recordId)) throw new CustosError('not_found');
+    const row = await db.selectFrom('records').selectAll().where('list_key', '=', listKey).where('id', '=', recordId).executeTakeFirst();
+    if (!row) throw new CustosError('not_found');
+    return row;
+  }
+
+  async get(auth: AuthContext, tenantId: string, listId: string, recordId: string): Promise<RecordView> {
+    const { view, list } = await this.#storage.tenant(tenantId).transaction(async (db) => {
+      const l = await this.#lists.load(db, auth, listId, 'lists.read', { cached: true });
+      const row = await this.#row(db, l.row.key, recordId);
+      const [values] = await this.#decodeAll(db, tenantId, l, [row]);
+      return { view: this.#render(auth, l, row, values!), list: l };
+    });
+    await this.#recordPiiRead(auth, tenantId, list, 1);
+    return view;
+  }
+
+  async update(auth: AuthContext, tenantId: string, listId: string, recordId: string, input: unknown, mode: 'merge' | 'replace' = 'merge'): Promise<RecordView> {
+    return this.#storage.tenant(tenantId).transaction(async (db) => {
+      const list = await this.#lists.load(db, auth, listId, 'lists.write');
+      const target = await this.#row(db, list.row.key, recordId);
+      const keys = await this.#keysOf(db, tenantId, listId);
+      const errors: LineError[] = [];
+      const values = this.#check(list, input, 1, errors, {});
+      if (!values) throw batchError(errors);
+      await this.#write(db, tenantId, list, keys, [{ line: 1, target, values, mode }]);
+      const row = await this.#row(db, list.row.key, recordId);
+      await this.#audit.append(db, tenantId, { type: 'records.update', outcome: 'success', actor: auth, resource: { type: 'record', id: recordId, name: list.row.name }, details: { fields: [...values.keys()] } });
+      return this.#render(auth, list, row, decodeRecord(keys, list.fields, row));
+    });
+  }
+
+  async delete(auth: AuthContext, tenantId: string, listId: string, recordIds: string[]): Promise<{ deleted: number }> {
+    if (!Array.isArray(recordIds) || recordIds.length === 0 || recordIds.length > MAX_BATCH) throw new CustosError('validation_failed', `1 to ${MAX_BATCH} record ids`);
+    return this.#storage.tenant(tenantId).transaction(async (db) => {
+      const list = await this.#lists.load(db, auth, listId, 'lists.write');
+      const ids = recordIds.filter((id) => typeof id === 'string' && isId(id));
+      let deleted = 0;
+      for (const part of chunks(ids, CHUNK)) {
+        deleted += Number((await db.deleteFrom('records').where('list_key', '=', list.row.key).where('id', 'in', part).executeTakeFirst()).numDeletedRows);
+        await db.deleteFrom('record_index').where('list_key', '=', list.row.key).where('record_id', 'in', part).execute();
+      }
+      if (recordIds.length === 1 && deleted === 0) throw new CustosError('not_found');
+      await this.#audit.append(db, tenantId, { type: 'records.delete', outcome: 'success', actor: auth, resource: { type: 'list', id: listId, name: list.row.name }, details: { requested: recordIds.length, deleted } });
+      return { deleted };
+    });
+  }
+
+  /** Adds one filter's condition to a query over `records`. */
+  #where(q: RecordsQuery, list: LoadedList, keys: ObjectKeys, filter: Filter): RecordsQuery {
+    const field = list.fields.find((f) => f.name === filter.field);
+    if (!field) throw new CustosError('validation_failed', `unknown field ${filter.field.slice(0, 64)}`);
+    const value = field.computed ? String(filter.value).toLowerCase() : checkValue(field, filter.value);
+    if (field.name === CUSTOMER_ID) return q.where('records.customer_id', '=', String(value));
+    if (field.name === EMAIL) {
+      return q.where('records.k_sha256', '=', lookupKey(ohashes(String(value)).sha256)).where('records.email_bi', '=', keys.blindIndex(EMAIL, normaliseForMatch(String(value))));
+    }
+    if (field.name === MOBILE) {
+      const bi = keys.blindIndex(MOBILE, String(value).replace(/\D/g, ''));
+      return q.where('records.k_mobile', '=', lookupKey(bi)).where('records.mobile_bi', '=', bi);
+    }
+    if (field.name === SHA256) return q.where('records.k_sha256', '=', lookupKey(String(value))).where('records.email_sha256', '=', String(value));
+    if (field.name === MD5) return q.where('records.k_md5', '=', lookupKey(String(value))).where('records.email_md5', '=', String(value));
+    if (field.indexed) {
+      const iv = indexValue(keys, field, value);
+      return q.where((eb) =>
+        eb.exists(
+          eb
+            .selectFrom('record_index')
+            .select('record_index.record_id')
+            .whereRef('record_index.list_key', '=', 'records.list_key')
+            .whereRef('record_index.record_id', '=', 'records.id')
+            .where('record_index.field', '=', field.name)
+            .where('record_index.value', '=', iv),
+        ),
+      );
+    }
+    if (field.classification !== 'plain') throw new CustosError('validation_failed', `${field.name} is encrypted and not indexed: equality search needs "indexed": true`);
+    if (field.type === 'json') throw new CustosError('validation_failed', `${field.name}: JSON fields cannot be searched`);
+    return q.where(sql.raw<unknown>(this.#adapter.jsonMemberText('records.plain', field.name)), '=', this.#adapter.jsonMemberParam(value as string | number | boolean));
+  }
+
+  /** Records of a list, oldest first, with equality filters and a cursor (the last id of the previous page). */
+  async search(auth: AuthContext, tenantId: string, listId: string, opts: { filters?: Filter[]; cursor?: string; limit?: number }): Promise<{ records: RecordView[]; nextCursor?: string }> {
+    const limit = Math.min(Math.max(opts.limit ?? 100, 1), 1000);
+    const { result, list } = await this.#storage.tenant(tenantId).transaction(async (db) => {
+      const list = await this.#lists.load(db, auth, listId, 'lists.read', { cached: true });
+      const keys = await this.#keys.objectKeysForRead(db, tenantId, LIST_OBJECT, listId);
+      let q = db.selectFrom('records').selectAll().where('records.list_key', '=', list.row.key).orderBy('records.id').limit(limit + 1);
+      if (opts.cursor) {
+        if (!isId(opts.cursor)) throw new CustosError('validation_failed', 'bad cursor');
+        q = q.where('records.id', '>', opts.cursor);
+      }
+      for (const f of opts.filters ?? []) q = this.#where(q, list, keys, f);
+      const rows = await q.execute();
+      const page = rows.slice(0, limit);
+      const values = await this.#decodeAll(db, tenantId, list, page);
+      const records = page.map((r, i) => this.#render(auth, list, r, values[i]!));
+      return { result: rows.length > limit ? { records, nextCursor: page.at(-1)!.id } : { records }, list };
+    });
+    await this.#recordPiiRead(auth, tenantId, list, result.records.length);
+    return result;
+  }
+
+  /**
+   * Streams a list as CSV or JSON Lines in constant memory (pages of 1,000).
+   * `limit`: refuse (422 `export_limit_exceeded`) when the list holds more
+   * records — console exports pass 5,000; the API passes none. The export is
+   * recorded with its record count and whether personal data was in clear.
+   */
+  async export(auth: AuthContext, tenantId: string, listId: string, format: 'csv' | 'jsonl', opts: { limit?: number; via: string }): Promise<{ count: number; lines: AsyncIterable<string>; fields: string[] }> {
+    const { list, count } = await this.#storage.tenant(tenantId).transaction(async (db) => {
+      const l = await this.#lists.load(db, auth, listId, 'lists.read');
+      authorize(auth, 'data.export', { orgId: l.row.org_id });
+      const n = Number((await db.selectFrom('records').select((eb) => eb.fn.countAll<number>().as('n')).where('list_key', '=', l.row.key).executeTakeFirstOrThrow()).n);
+      if (opts.limit !== undefined && n > opts.limit) {
+        await this.#audit.append(db, tenantId, { type: 'data.export', outcome: 'denied', code: 'export_limit_exceeded', actor: auth, resource: { type: 'list', id: listId, name: l.row.name }, details: { records: n, limit: opts.limit, via: opts.via } });
+        return { list: l, count: n, refused: true };
+      }
+      await this.#audit.append(db, tenantId, {
+        type: 'data.export',
+        outcome: 'success',
+        actor: auth,
+        resource: { type: 'list', id: listId, name: l.row.name },
+        details: { records: n, format, piiClear: this.#hasPii(l) && can(auth, 'data.pii.view'), via: opts.via },
+      });
+      return { list: l, count: n, refused: false };
+    }).then((r) => {
+      if (r.refused) {
+        throw new CustosError('export_limit_exceeded', `console exports are limited to ${opts.limit} records and this list holds ${r.count}; use the REST API with a bearer token (GET /api/v1/lists/${listId}/export) or a bulk-transfer connection`, {
+          extensions: { limit: opts.limit, records: r.count },
+        });
+      }
+      return r;
+    });
+    const fields = list.fields.map((f) => f.name);
+    return { count, lines: this.#lines(auth, tenantId, list, format, fields), fields };
+  }
+
+  /** Export lines, a page of 1,000 records per transaction. */
+  async *#lines(auth: AuthContext, tenantId: string, list: LoadedList, format: 'csv' | 'jsonl', fields: string[]): AsyncIterable<string> {
+    if (format === 'csv') yield `${fields.map(csvCell).join(',')}\r\n`;
+    let cursor = '';
+    for (;;) {
+      const page = await this.#storage.tenant(tenantId).transaction(async (db) => {
+        const rows = await db.selectFrom('records').selectAll().where('list_key', '=', list.row.key).where('id', '>', cursor).orderBy('id').limit(PAGE).execute();
+        const values = await this.#decodeAll(db, tenantId, list, rows);
+        return rows.map((r, i) => this.#render(auth, list, r, values[i]!));
+      });
+      if (page.length === 0) return;
+      let chunk = '';
+      for (const r of page) {
+        chunk += format === 'csv' ? `${fields.map((f) => csvCell(r.fields[f])).join(',')}\r\n` : `${JSON.stringify({ id: r.id, ...r.fields })}\n`;
+      }
+      yield chunk;
+      cursor = page.at(-1)!.id;
+    }
+  }
+
+  /** The re-encryption job's view of records: every protected value, list by list. */
+  static source(): EncryptedSource {
+    return {
+      name: 'records',
+      async count(db) {
+        return Number((await db.selectFrom('records').select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow()).n);
+      },
+      async reencryptBatch(db, keysFor, cursor, limit) {
+        const [keyAfter, idAfter] = cursor === null ? [0, ''] : [Number(cursor.split('/')[0]), cursor.split('/')[1]!];
+        const rows = await db
+          .selectFrom('records')
+          .innerJoin('lists', 'lists.key', 'records.list_key')
+          .select(['records.list_key', 'records.id', 'records.protected', 'lists.id as list_id'])
+          .where((eb) => eb.or([eb('records.list_key', '>', keyAfter), eb.and([eb('records.list_key', '=', keyAfter), eb('records.id', '>', idAfter)])]))
+          .orderBy('records.list_key')
+          .orderBy('records.id')
+          .limit(limit)
+          .execute();
+        if (rows.length === 0) return { visited: 0, changed: 0, cursor: null };
+        let changed = 0;
+        for (const r of rows) {
+          const prot = JSON.parse(r.protected) as Record<string, string>;
+          const keys = await keysFor(LIST_OBJECT, r.list_id);
+          let dirty = false;
+          for (const [field, b64] of Object.entries(prot)) {
+            const ct = Buffer.from(b64, 'base64');
+            if (ciphertextGeneration(ct) === keys.active.generation) continue;
+            prot[field] = keys.encrypt(r.id, field, encodeProtected(decodeProtected(keys.decryptString(r.id, field, ct)))).toString('base64');
+            dirty = true;
+          }
+          if (dirty) {
+            await db.updateTable('records').set({ protected: JSON.stringify(prot) }).where('list_key', '=', r.list_key).where('id', '=', r.id).execute();
+            changed++;
+          }
+        }
+        const last = rows.at(-1)!;
+        return { visited: rows.length, changed, cursor: rows.length < limit ? null : `${last.list_key}/${last.id}` };
+      },
+  };
+  }
+}
+
+function storedHas(row: Row, f: FieldDef): boolean {
+  if (f.classification === 'plain') return (JSON.parse(row.plain) as Record<string, unknown>)[f.name] !== undefined;
+  return (JSON.parse(row.protected) as Record<string, unknown>)[f.name] !== undefined;
+}
+
+function checkHash(raw: unknown, hexLength: number): string {
+  if (typeof raw !== 'string' || !new RegExp(`^[0-9a-fA-F]{${hexLength}}$`).test(raw)) throw new CustosError('validation_failed', `x: must be ${hexLength} hex characters`);
+  return raw.toLowerCase();
+}
+
+/** The comparable form of a match-key value (base64 of the blind index for emails). */
+function matchValue(keys: ObjectKeys, matchKey: MatchKey, value: unknown): string {
+  if (matchKey === EMAIL) return keys.blindIndex(EMAIL, normaliseForMatch(String(value))).toString('base64');
+  return String(value);
+}
+
+export function batchError(errors: LineError[]): CustosError {
+  const shown = errors.slice(0, 1000);
+  return new CustosError('validation_failed', `${errors.length} record(s) rejected; nothing was changed`, { extensions: { errors: shown, rejected: errors.length } });
+}
+
+function csvCell(v: unknown): string {
+  if (v === null || v === undefined) return '';
+  const s = typeof v === 'string' ? v : JSON.stringify(v);
+  // Quote when needed; neutralise spreadsheet formulas (CSV injection). Numbers and phone
+  // numbers (+44 20 …, -3.5) cannot carry a formula and stay as they are, so exports re-import.
+  const safe = /^[=+\-@\t\r]/.test(s) && !/^[+-]?[0-9 ().-]+$/.test(s) ? `'${s}` : s;
+  return /[",\r\n]/.test(safe) || safe !== s ? `"${safe.replace(/"/g, '""')}"` : safe;
+}
