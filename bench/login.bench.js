@@ -10,8 +10,8 @@
 // Rounds alternate workload and baseline; medians of ROUNDS. Target: logins >= 85 % of bare verifications.
 //
 // argon2 runs on libuv's thread pool: UV_THREADPOOL_SIZE is set to the number of cores (each verification is
-// single-threaded and memory-bound, so more threads than cores only adds contention); CONCURRENCY is twice that,
-// so the pool never idles while a request is between hashes. Both are printed.
+// single-threaded and memory-bound, so more threads than cores only adds contention); CONCURRENCY is four times
+// that, so the pool never idles while requests are between hashes (in SQL, HTTP or JSON). Both are printed.
 //
 // Usage: npm run bench -- login   (BENCH_DURATION_MS, BENCH_CONCURRENCY; PostgreSQL runs when it answers.)
 import { spawnSync } from 'node:child_process';
@@ -31,15 +31,16 @@ const { verify } = await import('@node-rs/argon2');
 const { ARGON2ID_OWASP, hashPassword } = await import('../dist/crypto/password-hash.js');
 const { httpDeployment, load, median, postgresReachable } = await import('./http-deployment.js');
 const { machine, report } = await import('./lib.js');
+const { loadavg } = await import('node:os');
 
 const POOL = Number(process.env.UV_THREADPOOL_SIZE);
-const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 2 * availableParallelism());
+const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 4 * availableParallelism());
 const DURATION_MS = Number(process.env.BENCH_DURATION_MS ?? 6000);
 const WARMUP_MS = 1500;
 const ROUNDS = 3;
 const TARGET = 0.85;
 
-console.log(machine());
+console.log(`${machine()}; load average at start ${loadavg()[0].toFixed(2)}`);
 console.log(`argon2id m=${ARGON2ID_OWASP.memoryCost} KiB t=${ARGON2ID_OWASP.timeCost} p=${ARGON2ID_OWASP.parallelism}; UV_THREADPOOL_SIZE=${POOL}; concurrency ${CONCURRENCY}; ${DURATION_MS} ms per round after ${WARMUP_MS} ms warm-up; ${ROUNDS} rounds`);
 
 /** CONCURRENCY loops of bare argon2id verification for `ms` after a warm-up; verifications per second. */

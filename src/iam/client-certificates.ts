@@ -277,14 +277,7 @@ export class ClientCertificates {
     const leaf = input.chain[0];
     const presented = leaf ? { fingerprint: leaf.fingerprint256, subject: leaf.subject.slice(0, 300), issuer: leaf.issuer.slice(0, 300) } : null;
     const outcome = await this.#storage.tenant(tenant.id).transaction(async (db) => {
-      // A no-op update reads the named user under its row lock (PostgreSQL; SQLite's write lock does the same), so
-      // the failure state put back below cannot overwrite a count a concurrent password failure just added.
-      const user = await db
-        .updateTable('users')
-        .set((eb) => ({ failed_attempts: eb.ref('failed_attempts') }))
-        .where('username', '=', input.username)
-        .returningAll()
-        .executeTakeFirst();
+      const user = await db.selectFrom('users').selectAll().where('username', '=', input.username).executeTakeFirst();
       // The same queries whoever is named (no user enumeration by timing): an id no row has for anyone but an API user.
       const rows = await db.selectFrom('api_credentials').selectAll().where('user_id', '=', user?.kind === 'api' ? user.id : '').execute();
       const now = this.#clock.now();
@@ -306,13 +299,8 @@ export class ClientCertificates {
         });
         return { ok: false as const };
       }
-      const result = await this.#login.issueTokenForCertificate(db, tenant, user, input.source);
-      // A completed sign-in resets the password failure count; a certificate says nothing about the password, so the
-      // count stays as it was (else every certificate sign-in would hand a password guesser a fresh allowance).
-      if (user.failed_attempts !== 0 || user.locked_until !== null) {
-        await db.updateTable('users').set({ failed_attempts: user.failed_attempts, locked_until: user.locked_until }).where('id', '=', user.id).execute();
-      }
-      return { ok: true as const, result };
+      // Token issuance leaves the password failure count alone (a certificate proves nothing about the password).
+      return { ok: true as const, result: await this.#login.issueTokenForCertificate(db, tenant, user, input.source) };
     });
     if (!outcome.ok) throw new CustosError('invalid_credentials');
     return outcome.result;
