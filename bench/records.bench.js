@@ -6,8 +6,10 @@
 //  2. single-record GET with a bearer token at 64 concurrent connections — baseline: a bare Fastify HTTPS route
 //     returning a record-sized JSON; target >= 5,000 requests/s with p99 <= 20 ms;
 //  3. exporting the N records as CSV with a bearer token; target >= 100,000 records/s.
-// BENCH_RECORDS sets N (default 1,000,000). Load generators run in child processes.
-import { execFile } from 'node:child_process';
+// BENCH_RECORDS sets N (default 1,000,000); BENCH_WORKERS the server processes (default: the number of cores).
+// The server runs as `custos serve --workers W` in a child process; load generators in child processes too.
+import { execFile, spawn } from 'node:child_process';
+import { cpus } from 'node:os';
 import { promisify } from 'node:util';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -19,7 +21,6 @@ import { Pool } from 'undici';
 import { loadConfig } from '../dist/core/config.js';
 import { createLogger } from '../dist/core/logger.js';
 import { ALL_PERMISSIONS } from '../dist/iam/permissions.js';
-import { startServer } from '../dist/http/server.js';
 import { initDataDir } from '../dist/ops/init.js';
 import { openRuntime } from '../dist/runtime.js';
 import { fmt, machine, report } from './lib.js';
@@ -32,11 +33,28 @@ const child = async (script, arg) => JSON.parse((await promisify(execFile)(proce
 console.log(machine());
 console.log(`records: ${fmt(N)}`);
 const dir = mkdtempSync(path.join(tmpdir(), 'custos-bench-'));
-const loaded = loadConfig({ env: { CUSTOS_DATA_DIR: dir, CUSTOS_PORT: '0', CUSTOS_BODY_LIMIT_BYTES: String(64 << 20) } });
+const WORKERS = Number(process.env.BENCH_WORKERS ?? cpus().length);
+const serverEnv = { ...process.env, CUSTOS_DATA_DIR: dir, CUSTOS_PORT: '0', CUSTOS_BODY_LIMIT_BYTES: String(64 << 20), CUSTOS_LOG_LEVEL: 'info' };
+const loaded = loadConfig({ env: serverEnv });
 await initDataDir(loaded);
 const rt = await openRuntime(loaded.config, { logger: createLogger('silent') });
-const server = await startServer(rt);
 const ca = loaded.config.tlsCert;
+
+/** Starts `custos serve --workers n` on this deployment and resolves with its URL and a stop function. */
+async function serve(workers) {
+  const child = spawn(process.execPath, [path.join(here, '../dist/cli/main.js'), 'serve', '--workers', String(workers)], { env: serverEnv, stdio: ['ignore', 'pipe', 'inherit'] });
+  const url = await new Promise((resolve, reject) => {
+    let buf = '';
+    child.stdout.on('data', (d) => {
+      buf += d;
+      const m = /"url":"(https:[^"]+)","workers"|"url":"(https:[^"]+)","msg":"listening"/.exec(buf);
+      if (m) resolve(m[1] ?? m[2]);
+    });
+    child.on('exit', (code) => reject(new Error(`server exited ${code}`)));
+  });
+  child.stdout.resume();
+  return { url, stop: () => new Promise((r) => { child.on('exit', r); child.kill('SIGTERM'); }) };
+}
 
 // A tenant and a Data Director API user with a token (as an administrator would set it up).
 const op = { principal: { type: 'operator', id: 'bench' } };
@@ -50,7 +68,10 @@ const first = await rt.login.issueToken(tenant, { username: 'loader', password: 
 await rt.login.changePasswordInFlow(tenant, { flowToken: first.flowToken, currentPassword: temp, newPassword: 'Bench loader password, long enough!' });
 const token = (await rt.login.issueToken(tenant, { username: 'loader', password: 'Bench loader password, long enough!' })).session.token;
 const authHeader = { authorization: `Bearer ${token}` };
-const pool = new Pool(server.url, { connect: { ca: readFileSync(ca) } });
+await rt.close();
+console.log(`server: custos serve --workers ${WORKERS}`);
+let server = await serve(WORKERS);
+let pool = new Pool(server.url, { connect: { ca: readFileSync(ca) } });
 const list = JSON.parse(
   await (
     await pool.request({
@@ -84,13 +105,23 @@ const page = JSON.parse(await (await pool.request({ method: 'GET', path: `/api/v
 const requests = page.records.map((r) => ({ path: `/api/v1/lists/${list.id}/records/${r.id}`, headers: authHeader }));
 const sample = JSON.stringify(page.records[0]);
 const get = await child('load.js', { url: server.url, ca, concurrency: 64, warmupMs: 1500, durationMs: 6000, requests });
+let get1;
+if (WORKERS > 1) {
+  await pool.close();
+  await server.stop();
+  server = await serve(1);
+  pool = new Pool(server.url, { connect: { ca: readFileSync(ca) } });
+  get1 = await child('load.js', { url: server.url, ca, concurrency: 64, warmupMs: 1500, durationMs: 6000, requests });
+}
 const bare = Fastify({ https: { cert: readFileSync(ca), key: readFileSync(loaded.config.tlsKey) }, logger: false });
 bare.get('/record', async (_req, reply) => reply.type('application/json').send(sample));
 await bare.listen({ port: 0, host: '127.0.0.1' });
 const bareGet = await child('load.js', { url: `https://127.0.0.1:${bare.server.address().port}`, ca, concurrency: 64, warmupMs: 1500, durationMs: 6000, requests: [{ path: '/record' }] });
 await bare.close();
-report('GET one record, bearer token, 64 connections', get.rate, 'bare Fastify route, record-sized JSON', bareGet.rate);
+report(`GET one record, bearer token, 64 connections, ${WORKERS} server process(es)`, get.rate, 'bare Fastify route (one process), record-sized JSON', bareGet.rate);
 console.log(`  p50 ${get.p50Ms.toFixed(1)} ms, p99 ${get.p99Ms.toFixed(1)} ms (baseline p99 ${bareGet.p99Ms.toFixed(1)} ms); statuses ${JSON.stringify(get.statuses)}`);
+if (get1) report('  same with 1 server process', get1.rate, 'bare Fastify route (one process)', bareGet.rate);
+if (get1) console.log(`  1 process: p50 ${get1.p50Ms.toFixed(1)} ms, p99 ${get1.p99Ms.toFixed(1)} ms`);
 console.log(`  GET target >= 5,000/s with p99 <= 20 ms: ${get.rate >= 5000 && get.p99Ms <= 20 ? 'met' : 'NOT met'}`);
 
 // 3. export

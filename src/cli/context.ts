@@ -14,6 +14,7 @@ const FLAG_KEYS: Partial<Record<string, ConfigKey>> = {
   cert: 'tlsCert',
   key: 'tlsKey',
   logLevel: 'logLevel',
+  workers: 'workers',
 };
 
 /** The effective configuration for a command: its flags (and the program's) over environment, file and defaults. */

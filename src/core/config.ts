@@ -40,6 +40,7 @@ export const CONFIG_SPEC = {
   masterKeyFile: { env: 'CUSTOS_MASTER_KEY_FILE', kind: 'string', default: (d: string) => path.join(d, 'master.key'), description: 'Provider master key file (32 random bytes, mode 0600). Never stored in a database.' },
   logLevel: { env: 'CUSTOS_LOG_LEVEL', flag: '--log-level', kind: 'enum', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info', description: 'Minimum level of the JSON log written to standard output.' },
   trustedProxies: { env: 'CUSTOS_TRUSTED_PROXIES', kind: 'list', default: [], description: 'Comma-separated addresses or CIDRs whose X-Forwarded-For is believed.' },
+  workers: { env: 'CUSTOS_WORKERS', flag: '--workers', kind: 'int', default: 1, min: 1, max: 64, description: 'Server processes sharing the port (node:cluster); set it to the number of cores. Scheduled work runs in the first.' },
   shutdownTimeoutMs: { env: 'CUSTOS_SHUTDOWN_TIMEOUT_MS', kind: 'int', default: 10000, min: 0, max: 600000, description: 'How long SIGTERM waits for in-flight requests before closing them.' },
   bodyLimitBytes: { env: 'CUSTOS_BODY_LIMIT_BYTES', kind: 'int', default: 1048576, min: 1024, max: 1073741824, description: 'Largest JSON request body accepted.' },
   auditCheckpointDir: { env: 'CUSTOS_AUDIT_CHECKPOINT_DIR', kind: 'string', default: undefined, description: 'Directory outside the data directory where signed activity-stream checkpoints are appended (one JSON-lines file per stream, fsync\'d); `custos audit verify --checkpoints DIR` uses them to detect a truncated stream. Unset: no external copy.' },
@@ -64,6 +65,7 @@ export interface Config {
   readonly masterKeyFile: string;
   readonly logLevel: string;
   readonly trustedProxies: readonly string[];
+  readonly workers: number;
   readonly shutdownTimeoutMs: number;
   readonly bodyLimitBytes: number;
   readonly auditCheckpointDir: string | undefined;

@@ -125,7 +125,7 @@ export class ListService {
 
   async list(auth: AuthContext, tenantId: string): Promise<ListView[]> {
     authorize(auth, 'lists.read');
-    return this.#storage.tenant(tenantId).transaction(async (db) => {
+    return this.#storage.tenant(tenantId).read(async (db) => {
       const rows = await db.selectFrom('lists').selectAll().orderBy('name').execute();
       const out: ListView[] = [];
       for (const r of rows) {
@@ -136,7 +136,7 @@ export class ListService {
   }
 
   async get(auth: AuthContext, tenantId: string, listId: string): Promise<ListView> {
-    return this.#storage.tenant(tenantId).transaction(async (db) => this.#view(db, (await this.load(db, auth, listId, 'lists.read')).row));
+    return this.#storage.tenant(tenantId).read(async (db) => this.#view(db, (await this.load(db, auth, listId, 'lists.read')).row));
   }
 
   async delete(auth: AuthContext, tenantId: string, listId: string): Promise<void> {

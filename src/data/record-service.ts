@@ -445,7 +445,7 @@ export class RecordService {
   }
 
   async get(auth: AuthContext, tenantId: string, listId: string, recordId: string): Promise<RecordView> {
-    const { view, list } = await this.#storage.tenant(tenantId).transaction(async (db) => {
+    const { view, list } = await this.#storage.tenant(tenantId).read(async (db) => {
       const l = await this.#lists.load(db, auth, listId, 'lists.read', { cached: true });
       const row = await this.#row(db, l.row.key, recordId);
       const [values] = await this.#decodeAll(db, tenantId, l, [row]);
@@ -523,7 +523,7 @@ export class RecordService {
   /** Records of a list, oldest first, with equality filters and a cursor (the last id of the previous page). */
   async search(auth: AuthContext, tenantId: string, listId: string, opts: { filters?: Filter[]; cursor?: string; limit?: number }): Promise<{ records: RecordView[]; nextCursor?: string }> {
     const limit = Math.min(Math.max(opts.limit ?? 100, 1), 1000);
-    const { result, list } = await this.#storage.tenant(tenantId).transaction(async (db) => {
+    const { result, list } = await this.#storage.tenant(tenantId).read(async (db) => {
       const list = await this.#lists.load(db, auth, listId, 'lists.read', { cached: true });
       const keys = await this.#keys.objectKeysForRead(db, tenantId, LIST_OBJECT, listId);
       let q = db.selectFrom('records').selectAll().where('records.list_key', '=', list.row.key).orderBy('records.id').limit(limit + 1);
@@ -582,7 +582,7 @@ export class RecordService {
     if (format === 'csv') yield `${fields.map(csvCell).join(',')}\r\n`;
     let cursor = '';
     for (;;) {
-      const page = await this.#storage.tenant(tenantId).transaction(async (db) => {
+      const page = await this.#storage.tenant(tenantId).read(async (db) => {
         const rows = await db.selectFrom('records').selectAll().where('list_key', '=', list.row.key).where('id', '>', cursor).orderBy('id').limit(PAGE).execute();
         const values = await this.#decodeAll(db, tenantId, list, rows);
         return rows.map((r, i) => this.#render(auth, list, r, values[i]!));

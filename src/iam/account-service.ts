@@ -37,7 +37,7 @@ export class AccountService {
   }
 
   async me(auth: AuthContext, tenantName: string): Promise<MeView> {
-    return this.#storage.tenant(auth.tenantId).transaction(async (db) => {
+    return this.#storage.tenant(auth.tenantId).read(async (db) => {
       const u = await db.selectFrom('users').select(['id', 'username', 'email', 'full_name', 'kind', 'last_login_at']).where('id', '=', auth.userId).executeTakeFirstOrThrow();
       const enrolled = auth.kind === 'console' && (await this.#mfa.isEnrolled(db, auth.userId));
       return {

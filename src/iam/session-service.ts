@@ -136,25 +136,22 @@ export class SessionService {
     const hash = hashSecret(secret);
     const now = this.#clock.now();
     const settings = await this.#settings.get(tenantId);
-    return this.#storage.tenant(tenantId).transaction(async (db) => {
+    const store = this.#storage.tenant(tenantId);
+    const result = await store.read(async (db): Promise<{ expired: true } | (AuthContext & { expired: false; touch: boolean; csrfHash: Buffer | null })> => {
       // One statement per request: compiled once (the SQL is the same for every tenant of this storage), run with this hash.
       this.#authQuery ??= authQuery(db, Buffer.alloc(32)).compile();
       const rows = (await db.executeQuery<AuthRow>({ ...this.#authQuery, parameters: [hash] })).rows;
       const row = rows[0];
-      const wantKind = via === 'session' ? 'console' : 'api';
+      const wantKind: 'console' | 'api' = via === 'session' ? 'console' : 'api';
       if (!row || row.kind !== wantKind || row.user_kind !== wantKind || row.status !== 'active') throw new CustosError('authentication_required');
       const idleMs = settings.session.idleTimeoutMinutes * 60_000;
-      if (row.expires_at <= now || (row.kind === 'console' && now - row.last_seen_at > idleMs)) {
-        await db.deleteFrom('sessions').where('id_hash', '=', hash).execute();
-        throw new CustosError('authentication_required', 'the session has expired; sign in again');
-      }
-      if (now - row.last_seen_at >= TOUCH_EVERY_MS) {
-        await db.updateTable('sessions').set({ last_seen_at: now }).where('id_hash', '=', hash).execute();
-      }
+      if (row.expires_at <= now || (row.kind === 'console' && now - row.last_seen_at > idleMs)) return { expired: true as const };
       const roles = rows.flatMap((r) => (r.role === null ? [] : [r.role])).sort();
       const permissions = await permissionsOf(db, roles);
       const orgs = settings.orgAccessControl ? await reachableOrgs(db, row.user_id) : null;
       return {
+        expired: false as const,
+        touch: now - row.last_seen_at >= TOUCH_EVERY_MS,
         tenantId,
         userId: row.user_id,
         username: row.username,
@@ -170,6 +167,14 @@ export class SessionService {
         source: { ...source, sessionId: row.public_id },
       };
     });
+    if (result.expired) {
+      await store.transaction((db) => db.deleteFrom('sessions').where('id_hash', '=', hash).execute());
+      throw new CustosError('authentication_required', 'the session has expired; sign in again');
+    }
+    const { expired: _e, touch, ...auth } = result;
+    // Idle timeouts are minute-grained: last use is written at most every 30 seconds.
+    if (touch) await store.transaction((db) => db.updateTable('sessions').set({ last_seen_at: now }).where('id_hash', '=', hash).execute());
+    return auth;
   }
 
   /** Ends the session a presented secret names, if any (sign-in from a browser that still holds one). */

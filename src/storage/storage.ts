@@ -11,6 +11,13 @@ export interface TenantStore {
   readonly tenantId: string;
   /** Runs `fn` in one transaction bound to this tenant. Commits when `fn` resolves, rolls back when it throws. */
   transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T>;
+  /**
+   * Runs read-only `fn` without a write transaction: on SQLite a deferred
+   * (shared) transaction — one consistent snapshot, no write lock; on
+   * PostgreSQL plain statements on one of the tenant's connections, saving the
+   * BEGIN and COMMIT round trips. Writes belong in {@link transaction}.
+   */
+  read<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T>;
 }
 
 /** Where a tenant's data lives, for `tenant show` and operators. */

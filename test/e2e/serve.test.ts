@@ -74,3 +74,27 @@ describeEachStorage('custos start (first run) and SIGTERM', (kind) => {
     expect((await run.exited).code).toBe(0);
   });
 });
+
+describeEachStorage('custos serve --workers', (kind) => {
+  let env: TestEnv;
+  beforeAll(async () => {
+    env = await makeTestEnv(kind);
+  });
+  afterAll(async () => env.cleanup());
+
+  it('serves from several processes on one port and stops them all on SIGTERM, exit 0', async () => {
+    const { runCli } = await import('../helpers/cli.js');
+    expect((await runCli(['init'], env.env)).code).toBe(0);
+    const run = spawnCli(['serve', '--workers', '2', '--port', '0'], env.env);
+    await waitFor(() => /"workers":2,"msg":"listening"/.test(run.output().stdout), 30000, 'cluster listening');
+    const url = /"url":"(https:[^"]+)","workers":2/.exec(run.output().stdout)![1]!;
+    const ca = readFileSync(env.config.tlsCert);
+    for (let i = 0; i < 10; i++) expect((await get(`${url}/healthz`, ca)).status).toBe(200);
+    const children = readFileSync(`/proc/${run.child.pid}/task/${run.child.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+    expect(children).toHaveLength(2);
+    run.child.kill('SIGTERM');
+    const res = await run.exited;
+    expect(res.code).toBe(0);
+    for (const pid of children) expect(() => process.kill(Number(pid), 0)).toThrow();
+  });
+});

@@ -1,3 +1,4 @@
+import cluster from 'node:cluster';
 import { Command } from 'commander';
 import { createLogger } from '../../core/logger.js';
 import type { RunningServer } from '../../http/server.js';
@@ -16,7 +17,46 @@ function serverOptions(cmd: Command): Command {
     .option('--port <port>', 'port to listen on')
     .option('--cert <file>', 'PEM certificate to present')
     .option('--key <file>', 'private key of --cert')
-    .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent');
+    .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent')
+    .option('--workers <n>', 'server processes sharing the port (default 1)');
+}
+
+/**
+ * The primary of a multi-process server: forks `workers` processes that run
+ * `serve` on the shared port, restarts one that dies, and on SIGTERM or SIGINT
+ * passes the signal on and waits for every worker to drain.
+ */
+function runCluster(workers: number, rt: { logger: Runtime['logger'] }): Promise<void> {
+  return new Promise((resolve) => {
+    let stopping = false;
+    let announced = false;
+    const fork = () => {
+      const w = cluster.fork();
+      w.on('message', (m: { type?: string; url?: string }) => {
+        if (m.type === 'listening' && !announced) {
+          announced = true;
+          rt.logger.info({ url: m.url, workers }, 'listening');
+        }
+      });
+    };
+    for (let i = 0; i < workers; i++) fork();
+    cluster.on('exit', (worker, code, signal) => {
+      if (!stopping) {
+        rt.logger.error({ worker: worker.id, code, signal }, 'server worker died; starting another');
+        fork();
+      } else if (Object.keys(cluster.workers ?? {}).length === 0) {
+        rt.logger.info('stopped');
+        resolve();
+      }
+    });
+    const onSignal = (signal: NodeJS.Signals) => {
+      stopping = true;
+      rt.logger.info({ signal }, 'shutting down: workers finish in-flight requests');
+      for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGTERM');
+    };
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+  });
 }
 
 /** The HTTP stack is loaded only by the commands that serve. */
@@ -29,11 +69,11 @@ async function startServer(rt: Runtime): Promise<RunningServer> {
  * Runs the scheduled work (delivery, checkpoints, rotation, retention) beside
  * the server and resolves when SIGTERM or SIGINT arrives and both have drained.
  */
-function untilSignal(server: RunningServer, rt: Runtime): Promise<void> {
+function untilSignal(server: RunningServer, rt: Runtime, opts: { scheduled?: boolean } = {}): Promise<void> {
   const maintenance = new Maintenance(rt);
   rt.mail.onEnqueue((tenantId) => maintenance.poke(tenantId));
   rt.webhooks.onEnqueue((tenantId) => maintenance.poke(tenantId));
-  maintenance.start();
+  if (opts.scheduled ?? true) maintenance.start();
   return new Promise((resolve, reject) => {
     const onSignal = (signal: NodeJS.Signals) => {
       rt.logger.info({ signal }, 'shutting down: finishing in-flight requests');
@@ -55,13 +95,24 @@ export function serveCommand(): Command {
   return serverOptions(new Command('serve').description('run the HTTPS server until SIGTERM or SIGINT')).action(async (_opts, cmd: Command) => {
     const loaded = configFor(cmd);
     if (!isInitialized(loaded.config)) throw new CustosError('invalid_configuration', `${loaded.config.dataDir} is not initialised; run custos init`);
-    const rt = await openRuntime(loaded.config, { logger: createLogger(loaded.config.logLevel), migrateTenants: true });
+    const logger = createLogger(loaded.config.logLevel);
+    if (loaded.config.workers > 1 && cluster.isPrimary) {
+      // Migrations and crash recovery run once, here; then the workers serve.
+      await (await openRuntime(loaded.config, { logger, migrateTenants: true })).close();
+      await runCluster(loaded.config.workers, { logger });
+      return;
+    }
+    const rt = await openRuntime(loaded.config, { logger, migrateTenants: !cluster.isWorker });
     const server = await startServer(rt).catch(async (err: unknown) => {
       await rt.close();
       throw err;
     });
-    rt.logger.info({ url: server.url }, 'listening');
-    await untilSignal(server, rt);
+    if (cluster.isWorker) process.send?.({ type: 'listening', url: server.url });
+    else rt.logger.info({ url: server.url }, 'listening');
+    // Scheduled work (delivery, rotation, checkpoints, retention) runs in one process only.
+    await untilSignal(server, rt, { scheduled: !cluster.isWorker || cluster.worker?.id === 1 });
+    // A worker's channel to the primary would keep it alive: let go once drained.
+    if (cluster.isWorker) cluster.worker?.disconnect();
   });
 }
 

@@ -51,6 +51,9 @@ class PostgresTenantStore implements TenantStore {
   async transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
     return this.#storage.tenantKysely(this.tenantId).transaction().execute(fn);
   }
+  async read<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
+    return this.#storage.tenantKysely(this.tenantId).connection().execute(fn);
+  }
 }
 
 /**

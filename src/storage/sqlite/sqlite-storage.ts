@@ -33,6 +33,18 @@ export async function sqliteWriteTransaction<DB, T>(db: Kysely<DB>, fn: (db: Kys
   });
 }
 
+/** Runs read-only `fn` in a deferred transaction: one snapshot, no write lock. */
+export async function sqliteReadTransaction<DB, T>(db: Kysely<DB>, fn: (db: Kysely<DB>) => Promise<T>): Promise<T> {
+  return db.connection().execute(async (conn) => {
+    await sql`begin`.execute(conn);
+    try {
+      return await fn(conn);
+    } finally {
+      await sql`commit`.execute(conn).catch(() => undefined);
+    }
+  });
+}
+
 function openKysely<DB>(file: string, fileMustExist: boolean): Kysely<DB> {
   const database = cachingSqliteDatabase(openSqliteFile(file, { fileMustExist }));
   return new Kysely<DB>({ dialect: new SqliteDialect({ database }) });
@@ -47,6 +59,9 @@ class SqliteTenantStore implements TenantStore {
   }
   async transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
     return sqliteWriteTransaction(this.#storage.openTenant(this.tenantId), fn);
+  }
+  async read<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
+    return sqliteReadTransaction(this.#storage.openTenant(this.tenantId), fn);
   }
 }
 
