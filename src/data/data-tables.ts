@@ -29,8 +29,8 @@ export interface RecordsTable {
   k_mobile: number | null;
   /** JSON object of the plain fields. */
   plain: string;
-  /** JSON object: field name → base64 field ciphertext (format v1, bound to tenant, list, record and field). */
-  protected: string;
+  /** The `pii` and `sensitive` values as one JSON object, encrypted (field format v1, bound to tenant, list and record); null when there are none. */
+  protected: Buffer | null;
   created_at: number;
   updated_at: number;
 }

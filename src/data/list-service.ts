@@ -9,8 +9,8 @@ import { authorize, type AuthContext } from '../iam/authorize.js';
 import type { TenantDB } from '../storage/schema.js';
 import type { Storage } from '../storage/storage.js';
 import type { ListsTable } from './data-tables.js';
-import { CLASSIFICATIONS, checkFieldDef, checkSchema, checkValue, decodeProtected, encodeProtected, type Classification, type FieldDef } from './fields.js';
-import { LIST_OBJECT, indexValue } from './record-codec.js';
+import { CLASSIFICATIONS, checkFieldDef, checkSchema, checkValue, type Classification, type FieldDef } from './fields.js';
+import { LIST_OBJECT, indexValue, openProtected, sealProtected } from './record-codec.js';
 
 export interface ListView {
   id: string;
@@ -220,28 +220,26 @@ export class ListService {
       if (rows.length === 0) break;
       for (const r of rows) {
         const plain = JSON.parse(r.plain) as Record<string, unknown>;
-        const prot = JSON.parse(r.protected) as Record<string, string>;
+        const prot = openProtected(keys, r.id, r.protected);
         for (const name of dropped) {
           delete plain[name];
           delete prot[name];
         }
         for (const { field, from } of reclassified) {
-          let value: unknown = null;
-          if (from === 'plain') value = plain[field.name] ?? null;
-          else if (prot[field.name] !== undefined) value = decodeProtected(keys.decryptString(r.id, field.name, Buffer.from(prot[field.name]!, 'base64')));
+          const value = (from === 'plain' ? plain[field.name] : prot[field.name]) ?? null;
           delete plain[field.name];
           delete prot[field.name];
           if (value === null) continue;
           checkValue(field, value);
           if (field.classification === 'plain') plain[field.name] = value;
-          else prot[field.name] = keys.encrypt(r.id, field.name, encodeProtected(value)).toString('base64');
+          else prot[field.name] = value;
         }
-        await db.updateTable('records').set({ plain: JSON.stringify(plain), protected: JSON.stringify(prot) }).where('list_key', '=', listKey).where('id', '=', r.id).execute();
+        await db.updateTable('records').set({ plain: JSON.stringify(plain), protected: sealProtected(keys, r.id, prot) }).where('list_key', '=', listKey).where('id', '=', r.id).execute();
         // Index values change form (blind index ↔ clear) with the classification.
         for (const { field } of reclassified) {
           if (!field.indexed) continue;
           await db.deleteFrom('record_index').where('list_key', '=', listKey).where('record_id', '=', r.id).where('field', '=', field.name).execute();
-          const v = field.classification === 'plain' ? plain[field.name] : prot[field.name] !== undefined ? decodeProtected(keys.decryptString(r.id, field.name, Buffer.from(prot[field.name]!, 'base64'))) : undefined;
+          const v = field.classification === 'plain' ? plain[field.name] : prot[field.name];
           if (v !== undefined && v !== null) await db.insertInto('record_index').values({ list_key: listKey, field: field.name, value: indexValue(keys, field, v), record_id: r.id }).execute();
         }
       }

@@ -1,10 +1,31 @@
 import type { ObjectKeys } from '../crypto/field-cipher.js';
 import type { RecordsTable } from './data-tables.js';
-import { CUSTOMER_ID, EMAIL, MD5, MOBILE, SHA256, decodeProtected, encodeProtected, type FieldDef } from './fields.js';
+import { CUSTOMER_ID, EMAIL, MD5, MOBILE, SHA256, type FieldDef } from './fields.js';
 import { normaliseEmail, ohashes } from './ohash.js';
 
 /** The protected object a list's data keys belong to. */
 export const LIST_OBJECT = 'list';
+
+/**
+ * The "field" a record's sealed values are bound to. A record's `pii` and
+ * `sensitive` values are encrypted together, as one JSON document, in one
+ * ciphertext bound to tenant, list and record: one cipher operation per
+ * record read or written instead of one per field, and the field names are
+ * inside the authenticated plaintext, so values cannot be moved between
+ * fields either. (Field names are upper-case; this cannot collide.)
+ */
+export const SEALED = 'sealed-fields';
+
+/** Encrypts the protected values of one record (null when it has none). */
+export function sealProtected(keys: ObjectKeys, recordId: string, values: Readonly<Record<string, unknown>>): Buffer | null {
+  for (const _ in values) return keys.encrypt(recordId, SEALED, JSON.stringify(values));
+  return null;
+}
+
+/** Decrypts the protected values of one record; fails `decryption_failed` for a ciphertext moved from another record, list or tenant. */
+export function openProtected(keys: ObjectKeys, recordId: string, sealed: Buffer | null): Record<string, unknown> {
+  return sealed === null ? {} : (JSON.parse(keys.decryptString(recordId, SEALED, sealed)) as Record<string, unknown>);
+}
 
 /** Canonical text of a value for indexing (equality search and uniqueness). */
 export function indexText(field: FieldDef, value: unknown): string {
@@ -46,14 +67,14 @@ export function encodeRecord(
   presetHashes?: { sha256?: string; md5?: string },
 ): EncodedRecord {
   const plain: Record<string, unknown> = {};
-  const prot: Record<string, string> = {};
+  const prot: Record<string, unknown> = {};
   const index: Array<{ field: string; value: Buffer }> = [];
   for (const f of fields) {
     if (f.computed) continue;
     const v = values.get(f.name);
     if (v === null || v === undefined) continue;
     if (f.classification === 'plain') plain[f.name] = v;
-    else prot[f.name] = keys.encrypt(recordId, f.name, encodeProtected(v)).toString('base64');
+    else prot[f.name] = v;
     if (f.indexed && !f.standard) index.push({ field: f.name, value: indexValue(keys, f, v) });
   }
   const email = values.get(EMAIL);
@@ -76,7 +97,7 @@ export function encodeRecord(
       k_md5: md5 === null ? null : lookupKey(md5),
       k_mobile: mobileBi === null ? null : lookupKey(mobileBi),
       plain: JSON.stringify(plain),
-      protected: JSON.stringify(prot),
+      protected: sealProtected(keys, recordId, prot),
       created_at: times.created,
       updated_at: times.updated,
     },
@@ -91,19 +112,15 @@ export function normaliseForMatch(email: string): string {
 
 export { normaliseEmail };
 
-/** Decrypts a stored row back to field values (computed oHashes included). `only`: decrypt just these protected fields. */
+/** Decrypts a stored row back to field values (computed oHashes included): one decryption per record. */
 export function decodeRecord(keys: ObjectKeys, fields: readonly FieldDef[], row: Pick<RecordsTable, 'id' | 'plain' | 'protected' | 'email_sha256' | 'email_md5'>): Map<string, unknown> {
   const out = new Map<string, unknown>();
   const plain = JSON.parse(row.plain) as Record<string, unknown>;
-  const prot = JSON.parse(row.protected) as Record<string, string>;
+  const prot = openProtected(keys, row.id, row.protected);
   for (const f of fields) {
     if (f.name === SHA256) out.set(f.name, row.email_sha256);
     else if (f.name === MD5) out.set(f.name, row.email_md5);
-    else if (f.classification === 'plain') out.set(f.name, plain[f.name] ?? null);
-    else {
-      const ct = prot[f.name];
-      out.set(f.name, ct === undefined ? null : decodeProtected(keys.decryptString(row.id, f.name, Buffer.from(ct, 'base64'))));
-    }
+    else out.set(f.name, (f.classification === 'plain' ? plain[f.name] : prot[f.name]) ?? null);
   }
   return out;
 }

@@ -12,10 +12,10 @@ import type { StorageAdapter } from '../storage/adapter.js';
 import type { TenantDB } from '../storage/schema.js';
 import type { Storage } from '../storage/storage.js';
 import type { RecordsTable } from './data-tables.js';
-import { CUSTOMER_ID, EMAIL, MATCH_KEYS, MD5, MOBILE, SHA256, checkValue, decodeProtected, encodeProtected, type FieldDef, type MatchKey } from './fields.js';
+import { CUSTOMER_ID, EMAIL, MATCH_KEYS, MD5, MOBILE, SHA256, checkValue, type MatchKey } from './fields.js';
 import type { ListService, LoadedList } from './list-service.js';
 import { ohashes } from './ohash.js';
-import { LIST_OBJECT, decodeRecord, encodeRecord, indexValue, lookupKey, normaliseForMatch } from './record-codec.js';
+import { LIST_OBJECT, decodeRecord, encodeRecord, indexValue, lookupKey, normaliseForMatch, openProtected, sealProtected } from './record-codec.js';
 import { redact } from './redaction.js';
 
 export interface RecordView {
@@ -197,15 +197,6 @@ export class RecordService {
     return ok ? values : undefined;
   }
 
-  #requireFields(list: LoadedList, item: Item, errors: LineError[]): void {
-    for (const f of list.fields) {
-      if (!f.required) continue;
-      const given = item.values.get(f.name);
-      const kept = item.mode === 'merge' && item.target !== null && !item.values.has(f.name) && storedHas(item.target, f);
-      if ((given === null || given === undefined) && !kept) errors.push(lineError(item.line, 'is required', f.name));
-    }
-  }
-
   // --- writing -------------------------------------------------------------------------
 
   /**
@@ -217,43 +208,29 @@ export class RecordService {
     const listKey = list.row.key;
     const now = this.#clock.now();
     const errors: LineError[] = [];
-    for (const item of items) this.#requireFields(list, item, errors);
 
-    // Encode every record (ids for new ones), then check unique columns.
-    const encoded = items.map((item) => {
+    // The record after the write: a merge keeps the stored values of the fields it does not name
+    // (and the oHashes of a record that has no email); a replace keeps nothing.
+    const rows = items.map((item) => {
       const id = item.target?.id ?? newId(now);
-      const merged = new Map<string, unknown>(item.values);
-      return { item, id, merged };
-    });
-    // For merges, fields not given keep their stored form: plain values from JSON, ciphertexts as they are.
-    const rows = encoded.map(({ item, id, merged }) => {
-      const enc = encodeRecord(keys, list.fields, listKey, id, merged, { created: item.target?.created_at ?? now, updated: now }, item.presetHashes);
+      let values = item.values;
+      let hashes = item.presetHashes;
       if (item.target && item.mode === 'merge') {
-        const oldPlain = JSON.parse(item.target.plain) as Record<string, unknown>;
-        const oldProt = JSON.parse(item.target.protected) as Record<string, string>;
-        const plain = JSON.parse(enc.row.plain) as Record<string, unknown>;
-        const prot = JSON.parse(enc.row.protected) as Record<string, string>;
+        const stored = decodeRecord(keys, list.fields, item.target);
+        values = new Map();
         for (const f of list.fields) {
-          if (f.computed || item.values.has(f.name)) continue;
-          if (f.classification === 'plain' && oldPlain[f.name] !== undefined) plain[f.name] = oldPlain[f.name];
-          if (f.classification !== 'plain' && oldProt[f.name] !== undefined) prot[f.name] = oldProt[f.name]!;
+          if (f.computed) continue;
+          const v = item.values.has(f.name) ? item.values.get(f.name) : stored.get(f.name);
+          if (v !== null && v !== undefined) values.set(f.name, v);
         }
-        enc.row.plain = JSON.stringify(plain);
-        enc.row.protected = JSON.stringify(prot);
-        if (!item.values.has(EMAIL)) {
-          enc.row.email_bi = item.target.email_bi;
-          enc.row.email_sha256 = item.presetHashes?.sha256 ?? item.target.email_sha256;
-          enc.row.email_md5 = item.presetHashes?.md5 ?? item.target.email_md5;
-          enc.row.k_sha256 = enc.row.email_sha256 === null ? null : lookupKey(enc.row.email_sha256);
-          enc.row.k_md5 = enc.row.email_md5 === null ? null : lookupKey(enc.row.email_md5);
-        }
-        if (!item.values.has(MOBILE)) {
-          enc.row.mobile_bi = item.target.mobile_bi;
-          enc.row.k_mobile = item.target.k_mobile;
-        }
-        if (!item.values.has(CUSTOMER_ID)) enc.row.customer_id = item.target.customer_id;
+        if (!values.has(EMAIL)) hashes = { sha256: hashes?.sha256 ?? item.target.email_sha256 ?? undefined, md5: hashes?.md5 ?? item.target.email_md5 ?? undefined };
       }
-      return { ...enc, item };
+      for (const f of list.fields) {
+        if (!f.required) continue;
+        const v = values.get(f.name);
+        if (v === null || v === undefined) errors.push(lineError(item.line, 'is required', f.name));
+      }
+      return { ...encodeRecord(keys, list.fields, listKey, id, values, { created: item.target?.created_at ?? now, updated: now }, hashes), item };
     });
 
     const claims = new Map<string, { id: string; line: number }>();
@@ -315,12 +292,9 @@ export class RecordService {
       const { list_key: _l, id: _i, created_at: _c, ...set } = r.row;
       await db.updateTable('records').set(set).where('list_key', '=', listKey).where('id', '=', r.row.id).execute();
     }
-    // Updated records: index rows of the fields this write sets (all of them for a replace) are rewritten; others stay.
-    const indexed = list.fields.filter((f) => f.indexed && !f.standard).map((f) => f.name);
-    for (const r of rows.filter((x) => x.item.target !== null)) {
-      const fieldsSet = r.item.mode === 'replace' ? indexed : indexed.filter((f) => r.item.values.has(f));
-      if (fieldsSet.length > 0) await db.deleteFrom('record_index').where('list_key', '=', listKey).where('record_id', '=', r.row.id).where('field', 'in', fieldsSet).execute();
-    }
+    // Updated records: their index rows are rebuilt from the whole record after the write.
+    const updatedIds = rows.filter((x) => x.item.target !== null).map((r) => r.row.id);
+    for (const part of chunks(updatedIds, CHUNK)) await db.deleteFrom('record_index').where('list_key', '=', listKey).where('record_id', 'in', part).execute();
     const indexRows = rows.flatMap((r) => r.index.map((ix) => ({ list_key: listKey, field: ix.field, value: ix.value, record_id: r.row.id })));
     for (const part of chunks(indexRows, 500)) await db.insertInto('record_index').values(part).execute();
     return rows.map((r) => r.row.id);
@@ -618,30 +592,18 @@ export class RecordService {
         if (rows.length === 0) return { visited: 0, changed: 0, cursor: null };
         let changed = 0;
         for (const r of rows) {
-          const prot = JSON.parse(r.protected) as Record<string, string>;
+          if (r.protected === null) continue;
           const keys = await keysFor(LIST_OBJECT, r.list_id);
-          let dirty = false;
-          for (const [field, b64] of Object.entries(prot)) {
-            const ct = Buffer.from(b64, 'base64');
-            if (ciphertextGeneration(ct) === keys.active.generation) continue;
-            prot[field] = keys.encrypt(r.id, field, encodeProtected(decodeProtected(keys.decryptString(r.id, field, ct)))).toString('base64');
-            dirty = true;
-          }
-          if (dirty) {
-            await db.updateTable('records').set({ protected: JSON.stringify(prot) }).where('list_key', '=', r.list_key).where('id', '=', r.id).execute();
-            changed++;
-          }
+          if (ciphertextGeneration(r.protected) === keys.active.generation) continue;
+          const sealed = sealProtected(keys, r.id, openProtected(keys, r.id, r.protected));
+          await db.updateTable('records').set({ protected: sealed }).where('list_key', '=', r.list_key).where('id', '=', r.id).execute();
+          changed++;
         }
         const last = rows.at(-1)!;
         return { visited: rows.length, changed, cursor: rows.length < limit ? null : `${last.list_key}/${last.id}` };
       },
   };
   }
-}
-
-function storedHas(row: Row, f: FieldDef): boolean {
-  if (f.classification === 'plain') return (JSON.parse(row.plain) as Record<string, unknown>)[f.name] !== undefined;
-  return (JSON.parse(row.protected) as Record<string, unknown>)[f.name] !== undefined;
 }
 
 function checkHash(raw: unknown, hexLength: number): string {

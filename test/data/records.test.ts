@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/core/clock.js';
 import { newId } from '../../src/core/ids.js';
 import { ohashes } from '../../src/data/ohash.js';
+import { LIST_OBJECT, openProtected } from '../../src/data/record-codec.js';
 import { keyOperations } from '../../src/ops/key-operations.js';
 import { expectProblem, makeApp } from '../helpers/app.js';
 import { apiUser, consoleUser, tenantWithAdmin, type SignedIn } from '../helpers/iam.js';
@@ -64,8 +65,15 @@ describeEachStorage('lists and records', (kind) => {
       expect(rec.fields).toMatchObject({ EMAIL_ADDRESS_: JANE, EMAIL_SHA256_HASH_: ohashes(JANE).sha256, EMAIL_MD5_HASH_: ohashes(JANE).md5, FIRST_NAME: 'Jane', CITY: 'Paris', SCORE: 7 });
       const row = await rt.storage.tenant(t.tenantId).transaction((db) => db.selectFrom('records').selectAll().where('id', '=', rec.id).executeTakeFirstOrThrow());
       expect(row.plain).not.toMatch(/Jane|example|555|123-45/i);
-      expect(row.protected).not.toMatch(/Jane|example|555|123-45/i);
+      expect(row.protected!.toString('latin1')).not.toMatch(/Jane|example|555|123-45/i);
       expect(JSON.parse(row.plain)).toEqual({ CUSTOMER_ID_: 'C-1', CITY: 'Paris', SCORE: 7 });
+      // The protected values are sealed together, bound to this record: they open here and nowhere else.
+      const other = newId();
+      await rt.storage.tenant(t.tenantId).transaction(async (db) => {
+        const keys = await rt.keys.objectKeys(db, t.tenantId, LIST_OBJECT, listId);
+        expect(openProtected(keys, rec.id, row.protected)).toEqual({ EMAIL_ADDRESS_: JANE, MOBILE_NUMBER_: JANE_PHONE, FIRST_NAME: 'Jane', SSN: '123-45-6789' });
+        expect(() => openProtected(keys, other, row.protected)).toThrow(expect.objectContaining({ code: 'decryption_failed' }));
+      });
     });
 
     it('refuses a batch with one bad record: nothing changes, and the line and reason are reported without the value', async () => {
@@ -242,10 +250,10 @@ describeEachStorage('lists and records', (kind) => {
       const changed = await api('PATCH', `/lists/${l}/schema`, director.headers, { add: [{ name: 'AGE', type: 'number', classification: 'sensitive' }], reclassify: [{ name: 'NICK', classification: 'pii' }], drop: ['NOTE'] });
       expect(changed.statusCode, changed.body).toBe(200);
       expect(changed.json().schemaVersion).toBe(2);
-      const rows = await rt.storage.tenant(t.tenantId).transaction((db) => db.selectFrom('records').innerJoin('lists', 'lists.key', 'records.list_key').select(['records.plain', 'records.protected']).where('lists.id', '=', l).execute());
+      const rows = await rt.storage.tenant(t.tenantId).transaction((db) => db.selectFrom('records').innerJoin('lists', 'lists.key', 'records.list_key').select(['records.id', 'records.plain', 'records.protected']).where('lists.id', '=', l).execute());
       for (const r of rows) {
         expect(r.plain).not.toMatch(/ace|bee|n1|n2/);
-        expect(Object.keys(JSON.parse(r.protected))).toEqual(['NICK']);
+        expect(Object.keys(await rt.storage.tenant(t.tenantId).transaction(async (db) => openProtected(await rt.keys.objectKeys(db, t.tenantId, LIST_OBJECT, l), r.id, r.protected)))).toEqual(['NICK']);
       }
       const recs = (await api('GET', `/lists/${l}/records`, director.headers)).json().records;
       expect(recs.map((r: { fields: Record<string, unknown> }) => [r.fields.NICK, r.fields.NOTE, r.fields.AGE])).toEqual([['ace', undefined, null], ['bee', undefined, null]]);

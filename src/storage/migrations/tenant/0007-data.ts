@@ -37,7 +37,7 @@ export const dataMigrations: readonly Migration[] = [
         .addColumn('k_md5', big)
         .addColumn('k_mobile', big)
         .addColumn('plain', 'text', (c) => c.notNull())
-        .addColumn('protected', 'text', (c) => c.notNull())
+        .addColumn('protected', blob)
         .addColumn('created_at', big, (c) => c.notNull())
         .addColumn('updated_at', big, (c) => c.notNull())
         .addPrimaryKeyConstraint('records_pk', ['list_key', 'id'])
