@@ -1,4 +1,4 @@
-import type { CompiledQuery, Kysely, Selectable, SelectQueryBuilder } from 'kysely';
+import { sql, type CompiledQuery, type Kysely, type Selectable, type SelectQueryBuilder } from 'kysely';
 import type { Clock } from '../core/clock.js';
 import { rfc3339 } from '../core/clock.js';
 import { CustosError } from '../core/errors.js';
@@ -64,18 +64,37 @@ export async function reachableOrgs(db: Kysely<TenantDB>, userId: string): Promi
 }
 
 /**
- * What authentication reads: the session, its user, and the user's roles —
- * one row per role (`role` null for a user without roles). The session and
- * the user are read on every request, so suspension, deletion and role
- * changes apply at once.
+ * What authentication reads: the session, its user, and the user's roles, in
+ * one row: the user's columns and its roles (a JSON array) are scalar
+ * subqueries on primary keys. The session and the user are read on every
+ * request, so suspension, deletion and role changes apply at once. (On
+ * SQLite the same data through joins costs ~25 µs against ~5 µs this way;
+ * on PostgreSQL it is one round trip either way.)
  */
-function authQuery(db: Kysely<TenantDB>, hash: Buffer) {
+function authQuery(db: Kysely<TenantDB>, hash: Buffer, dialect: 'sqlite' | 'postgres') {
+  const roles = dialect === 'postgres' ? sql<unknown>`(select json_agg(role) from user_roles where user_id = s.user_id)` : sql<unknown>`(select json_group_array(role) from user_roles where user_id = s.user_id)`;
   return db
-    .selectFrom('sessions')
-    .innerJoin('users', 'users.id', 'sessions.user_id')
-    .leftJoin('user_roles', 'user_roles.user_id', 'users.id')
-    .select(['sessions.kind', 'sessions.auth_method', 'sessions.csrf_hash', 'sessions.last_seen_at', 'sessions.expires_at', 'sessions.public_id', 'users.id as user_id', 'users.username', 'users.status', 'users.kind as user_kind', 'user_roles.role'])
-    .where('sessions.id_hash', '=', hash);
+    .selectFrom('sessions as s')
+    .select((eb) => [
+      's.kind',
+      's.auth_method',
+      's.csrf_hash',
+      's.last_seen_at',
+      's.expires_at',
+      's.public_id',
+      's.user_id',
+      eb.selectFrom('users').select('users.username').whereRef('users.id', '=', 's.user_id').as('username'),
+      eb.selectFrom('users').select('users.status').whereRef('users.id', '=', 's.user_id').as('status'),
+      eb.selectFrom('users').select('users.kind').whereRef('users.id', '=', 's.user_id').as('user_kind'),
+      roles.as('roles'),
+    ])
+    .where('s.id_hash', '=', hash);
+}
+
+/** The roles column: a JSON array, as text (SQLite) or parsed (PostgreSQL; null when there are none). */
+function rolesOf(v: unknown): string[] {
+  const list = typeof v === 'string' ? (JSON.parse(v) as unknown) : v;
+  return Array.isArray(list) ? list.filter((r): r is string => typeof r === 'string') : [];
 }
 
 type AuthRow = ReturnType<typeof authQuery> extends SelectQueryBuilder<TenantDB, never, infer O> ? O : never;
@@ -139,14 +158,13 @@ export class SessionService {
     const store = this.#storage.tenant(tenantId);
     const result = await store.read(async (db): Promise<{ expired: true } | (AuthContext & { expired: false; touch: boolean; csrfHash: Buffer | null })> => {
       // One statement per request: compiled once (the SQL is the same for every tenant of this storage), run with this hash.
-      this.#authQuery ??= authQuery(db, Buffer.alloc(32)).compile();
-      const rows = (await db.executeQuery<AuthRow>({ ...this.#authQuery, parameters: [hash] })).rows;
-      const row = rows[0];
+      this.#authQuery ??= authQuery(db, Buffer.alloc(32), this.#storage.adapter.kind).compile();
+      const row = (await db.executeQuery<AuthRow>({ ...this.#authQuery, parameters: [hash] })).rows[0];
       const wantKind: 'console' | 'api' = via === 'session' ? 'console' : 'api';
-      if (!row || row.kind !== wantKind || row.user_kind !== wantKind || row.status !== 'active') throw new CustosError('authentication_required');
+      if (!row || row.username === null || row.kind !== wantKind || row.user_kind !== wantKind || row.status !== 'active') throw new CustosError('authentication_required');
       const idleMs = settings.session.idleTimeoutMinutes * 60_000;
       if (row.expires_at <= now || (row.kind === 'console' && now - row.last_seen_at > idleMs)) return { expired: true as const };
-      const roles = rows.flatMap((r) => (r.role === null ? [] : [r.role])).sort();
+      const roles = rolesOf(row.roles).sort();
       const permissions = await permissionsOf(db, roles);
       const orgs = settings.orgAccessControl ? await reachableOrgs(db, row.user_id) : null;
       return {

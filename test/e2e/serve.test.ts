@@ -82,7 +82,7 @@ describeEachStorage('custos serve --workers', (kind) => {
   });
   afterAll(async () => env.cleanup());
 
-  it('serves from several processes on one port and stops them all on SIGTERM, exit 0', async () => {
+  it('serves from several processes on one port, replaces a dead worker (keeping one scheduler) and stops them all on SIGTERM, exit 0', async () => {
     const { runCli } = await import('../helpers/cli.js');
     expect((await runCli(['init'], env.env)).code).toBe(0);
     const run = spawnCli(['serve', '--workers', '2', '--port', '0'], env.env);
@@ -92,6 +92,19 @@ describeEachStorage('custos serve --workers', (kind) => {
     for (let i = 0; i < 10; i++) expect((await get(`${url}/healthz`, ca)).status).toBe(200);
     const children = readFileSync(`/proc/${run.child.pid}/task/${run.child.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
     expect(children).toHaveLength(2);
+    // Exactly one worker runs the scheduled work; when it dies, its replacement takes that over.
+    const childPids = () => readFileSync(`/proc/${run.child.pid}/task/${run.child.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+    const schedulers = (pids: string[]) => pids.filter((pid) => readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes('CUSTOS_SCHEDULED_WORK=1'));
+    const [scheduler] = schedulers(children);
+    expect(schedulers(children)).toHaveLength(1);
+    process.kill(Number(scheduler), 'SIGKILL');
+    await waitFor(() => childPids().length === 2 && !childPids().includes(scheduler!), 30000, 'replacement worker');
+    const now = childPids();
+    expect(schedulers(now)).toHaveLength(1);
+    expect(schedulers(now)[0]).not.toBe(scheduler);
+    expect(run.output().stdout).toMatch(/server worker died; starting another/);
+    for (let i = 0; i < 4; i++) expect((await get(`${url}/healthz`, ca)).status).toBe(200);
+    children.splice(0, children.length, ...now);
     run.child.kill('SIGTERM');
     const res = await run.exited;
     expect(res.code).toBe(0);

@@ -30,8 +30,11 @@ function runCluster(workers: number, rt: { logger: Runtime['logger'] }): Promise
   return new Promise((resolve) => {
     let stopping = false;
     let announced = false;
-    const fork = () => {
-      const w = cluster.fork();
+    // One worker runs the scheduled work; if it dies, its replacement takes that over.
+    let scheduler: number | undefined;
+    const fork = (scheduled: boolean) => {
+      const w = cluster.fork({ CUSTOS_SCHEDULED_WORK: scheduled ? '1' : '0' });
+      if (scheduled) scheduler = w.id;
       w.on('message', (m: { type?: string; url?: string }) => {
         if (m.type === 'listening' && !announced) {
           announced = true;
@@ -39,11 +42,11 @@ function runCluster(workers: number, rt: { logger: Runtime['logger'] }): Promise
         }
       });
     };
-    for (let i = 0; i < workers; i++) fork();
+    for (let i = 0; i < workers; i++) fork(i === 0);
     cluster.on('exit', (worker, code, signal) => {
       if (!stopping) {
         rt.logger.error({ worker: worker.id, code, signal }, 'server worker died; starting another');
-        fork();
+        fork(worker.id === scheduler);
       } else if (Object.keys(cluster.workers ?? {}).length === 0) {
         rt.logger.info('stopped');
         resolve();
@@ -110,7 +113,7 @@ export function serveCommand(): Command {
     if (cluster.isWorker) process.send?.({ type: 'listening', url: server.url });
     else rt.logger.info({ url: server.url }, 'listening');
     // Scheduled work (delivery, rotation, checkpoints, retention) runs in one process only.
-    await untilSignal(server, rt, { scheduled: !cluster.isWorker || cluster.worker?.id === 1 });
+    await untilSignal(server, rt, { scheduled: !cluster.isWorker || process.env.CUSTOS_SCHEDULED_WORK === '1' });
     // A worker's channel to the primary would keep it alive: let go once drained.
     if (cluster.isWorker) cluster.worker?.disconnect();
   });
