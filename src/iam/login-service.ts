@@ -102,11 +102,21 @@ export class LoginService {
   /**
    * Checks username and password of a user of `kind`. Every failure is the
    * same `invalid_credentials`, recorded with its real reason in the activity
-   * stream; consecutive wrong passwords lock the account.
+   * stream; consecutive wrong passwords lock the account. On success, `then`
+   * runs in the same transaction that checked the outcome (one write
+   * transaction per sign-in: the user is read without one, before the
+   * password is verified off the event loop).
    */
-  async #firstFactor(tenant: TenantRef, kind: 'console' | 'api', username: string, password: string, source: Source | undefined): Promise<{ user: UserRow; settings: SecuritySettings }> {
+  async #firstFactor<T>(
+    tenant: TenantRef,
+    kind: 'console' | 'api',
+    username: string,
+    password: string,
+    source: Source | undefined,
+    then: (db: Kysely<TenantDB>, user: UserRow, settings: SecuritySettings) => Promise<T>,
+  ): Promise<T> {
     const store = this.#storage.tenant(tenant.id);
-    const user = await store.transaction((db) => db.selectFrom('users').selectAll().where('username', '=', username).executeTakeFirst());
+    const user = await store.read((db) => db.selectFrom('users').selectAll().where('username', '=', username).executeTakeFirst());
     const matches = user?.password_hash ? await verifyPassword(user.password_hash, password) : await verifyDummy(password);
     const now = this.#clock.now();
     const actor = claimant(user, username, source);
@@ -141,10 +151,10 @@ export class LoginService {
       }
       if (isLocked(user, now)) return fail('locked');
       if (user.must_change_password === 1 && user.password_expires_at !== null && user.password_expires_at <= now) return fail('temporary_password_expired');
-      return { ok: true as const, settings };
+      return { ok: true as const, result: await then(db, user, settings) };
     });
     if (!outcome.ok) throw new CustosError('invalid_credentials');
-    return { user: user!, settings: outcome.settings };
+    return outcome.result;
   }
 
   async #onLocked(db: Kysely<TenantDB>, tenant: TenantRef, user: UserRow, settings: SecuritySettings, attempts: number): Promise<void> {
@@ -269,14 +279,16 @@ export class LoginService {
 
   /** `POST /auth/login`: console sign-in with username and password. */
   async login(tenant: TenantRef, input: { username: string; password: string; deviceToken?: string; source?: Source }): Promise<SignInResult> {
-    const { user, settings } = await this.#firstFactor(tenant, 'console', input.username, input.password, input.source);
-    return this.#storage.tenant(tenant.id).transaction(async (db) => this.#advance(db, tenant, user, await this.#challengesFor(db, user, settings, input.deviceToken, tenant.id), undefined, input.source, 'password'));
+    return this.#firstFactor(tenant, 'console', input.username, input.password, input.source, async (db, user, settings) =>
+      this.#advance(db, tenant, user, await this.#challengesFor(db, user, settings, input.deviceToken, tenant.id), undefined, input.source, 'password'),
+    );
   }
 
   /** `POST /auth/token`: an API user's bearer token, by username and password. */
   async issueToken(tenant: TenantRef, input: { username: string; password: string; source?: Source }): Promise<SignInResult> {
-    const { user, settings } = await this.#firstFactor(tenant, 'api', input.username, input.password, input.source);
-    return this.#storage.tenant(tenant.id).transaction(async (db) => this.#advance(db, tenant, user, await this.#challengesFor(db, user, settings, undefined, tenant.id), undefined, input.source, 'password'));
+    return this.#firstFactor(tenant, 'api', input.username, input.password, input.source, async (db, user, settings) =>
+      this.#advance(db, tenant, user, await this.#challengesFor(db, user, settings, undefined, tenant.id), undefined, input.source, 'password'),
+    );
   }
 
   /** Issues a token to an API user already authenticated by its client certificate (checked by the caller). */

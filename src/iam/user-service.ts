@@ -171,16 +171,29 @@ export class UserService {
     });
   }
 
-  async list(auth: AuthContext, tenantId: string): Promise<UserView[]> {
+  /**
+   * Users in username order, `limit` at a time; `cursor` is the `nextCursor`
+   * of the previous page (null on the last). Under organizational access
+   * control, users outside the caller's reach are skipped, not counted.
+   */
+  async list(auth: AuthContext, tenantId: string, opts: { limit?: number; cursor?: string } = {}): Promise<{ users: UserView[]; nextCursor: string | null }> {
     authorize(auth, 'users.read');
-    return this.#storage.tenant(tenantId).transaction(async (db) => {
-      const rows = await db.selectFrom('users').selectAll().orderBy('username').execute();
+    const limit = opts.limit ?? 100;
+    let after = opts.cursor === undefined ? undefined : decodeCursor(opts.cursor);
+    return this.#storage.tenant(tenantId).read(async (db) => {
       const out: UserView[] = [];
-      for (const u of rows) {
-        const v = await this.#view(db, u);
-        if (auth.reachableOrgs === null || v.orgIds.length === 0 || v.orgIds.some((o) => auth.reachableOrgs!.has(o))) out.push(v);
+      for (;;) {
+        let q = db.selectFrom('users').selectAll().orderBy('username').limit(limit + 1);
+        if (after !== undefined) q = q.where('username', '>', after);
+        const rows = await q.execute();
+        for (const u of rows.slice(0, limit)) {
+          after = u.username;
+          const v = await this.#view(db, u);
+          if (auth.reachableOrgs === null || v.orgIds.length === 0 || v.orgIds.some((o) => auth.reachableOrgs!.has(o))) out.push(v);
+          if (out.length === limit) return { users: out, nextCursor: rows.length > limit || u !== rows.at(-1) ? encodeCursor(u.username) : null };
+        }
+        if (rows.length <= limit) return { users: out, nextCursor: null };
       }
-      return out;
     });
   }
 
@@ -290,4 +303,15 @@ export class UserService {
       await this.#audit.append(db, tenantId, { type: 'iam.user.delete', outcome: 'success', actor: auth, resource: { type: 'user', id: userId, name: u.username }, change: { before: { ...view }, sensitive: ['email', 'fullName'] } });
     });
   }
+}
+
+/** List cursors are opaque to clients: base64url of the last username of a page. */
+function encodeCursor(username: string): string {
+  return Buffer.from(username, 'utf8').toString('base64url');
+}
+
+function decodeCursor(cursor: string): string {
+  const username = Buffer.from(cursor, 'base64url').toString('utf8');
+  if (username.length === 0 || encodeCursor(username) !== cursor) throw new CustosError('validation_failed', 'cursor: not a cursor this API gave');
+  return username;
 }

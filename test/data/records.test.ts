@@ -292,7 +292,7 @@ describeEachStorage('lists and records', (kind) => {
         // The loader belongs to no organization: the East list is out of reach.
         expectProblem(await api('GET', `/lists/${eastList.id}`, director.headers), 404, 'not_found');
         expect((await api('GET', '/lists', director.headers)).json().lists.map((l: { name: string }) => l.name)).not.toContain('EastOnly');
-        await rt.users.setOrgs(admin, t.tenantId, (await rt.users.list(admin, t.tenantId)).find((u) => u.username === 'loader')!.id, [east]);
+        await rt.users.setOrgs(admin, t.tenantId, (await rt.users.list(admin, t.tenantId)).users.find((u) => u.username === 'loader')!.id, [east]);
         expect((await api('GET', `/lists/${eastList.id}`, director.headers)).statusCode).toBe(200);
       } finally {
         settings.orgAccessControl = false;

@@ -40,9 +40,19 @@ const User = Type.Object(
  * access control, users outside the caller's organizations (404).
  */
 export function userRoutes(app: FastifyInstance, rt: Runtime): void {
-  app.get('/users', adminRoute('users.read', { tags: ['users'], summary: 'Users and API users (only those in reach under organizational access control)', response: { 200: Type.Object({ users: Type.Array(User) }, { additionalProperties: false }), ...Problems } }), async (request) => ({
-    users: await rt.users.list(authOf(request), tenantOf(request).id),
-  }));
+  app.get(
+    '/users',
+    adminRoute('users.read', {
+      tags: ['users'],
+      summary: 'Users and API users in username order (only those in reach under organizational access control); pass `nextCursor` back as `cursor` for the next page',
+      querystring: Type.Object({ cursor: Type.Optional(Type.String({ minLength: 1, maxLength: 400 })), limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })) }, { additionalProperties: false }),
+      response: { 200: Type.Object({ users: Type.Array(User), nextCursor: Type.Union([Type.String(), Type.Null()]) }, { additionalProperties: false }), ...Problems },
+    }),
+    async (request) => {
+      const q = request.query as { cursor?: string; limit: number };
+      return rt.users.list(authOf(request), tenantOf(request).id, { limit: q.limit, ...(q.cursor !== undefined ? { cursor: q.cursor } : {}) });
+    },
+  );
 
   app.get('/users/:id', adminRoute('users.read', { tags: ['users'], summary: 'One user', params: IdParams, response: { 200: User, ...Problems } }), async (request) =>
     rt.users.get(authOf(request), tenantOf(request).id, (request.params as { id: string }).id),
