@@ -1,4 +1,4 @@
-import type { Kysely, Selectable } from 'kysely';
+import { sql, type Kysely, type Selectable } from 'kysely';
 import type { AuditService } from '../audit/audit-service.js';
 import type { Clock } from '../core/clock.js';
 import { rfc3339 } from '../core/clock.js';
@@ -139,8 +139,23 @@ export class ListService {
     return this.#storage.tenant(tenantId).read(async (db) => this.#view(db, (await this.load(db, auth, listId, 'lists.read')).row));
   }
 
+  /**
+   * Serialises writers of one list inside the caller's write transaction,
+   * taken before the list is read. SQLite write transactions are exclusive
+   * already; on PostgreSQL (read committed) two merges of the same new
+   * records would otherwise both find no target and then trip over each
+   * other's inserts, and a schema change could interleave with a merge that
+   * encoded under the old schema. A transaction-scoped advisory lock keyed by
+   * the tenant's schema and the list id; released at commit or rollback.
+   */
+  async lockForWrite(db: Kysely<TenantDB>, listId: string): Promise<void> {
+    if (this.#storage.adapter.kind !== 'postgres') return;
+    await sql`select pg_advisory_xact_lock(hashtext(current_schema()), hashtext(${listId}))`.execute(db);
+  }
+
   async delete(auth: AuthContext, tenantId: string, listId: string): Promise<void> {
     await this.#storage.tenant(tenantId).transaction(async (db) => {
+      await this.lockForWrite(db, listId);
       const { row } = await this.load(db, auth, listId, 'lists.write');
       const count = await db.deleteFrom('records').where('list_key', '=', row.key).executeTakeFirst();
       await db.deleteFrom('record_index').where('list_key', '=', row.key).execute();
@@ -164,6 +179,7 @@ export class ListService {
     change: { add?: unknown[]; reclassify?: Array<{ name: string; classification: Classification }>; drop?: string[] },
   ): Promise<ListView> {
     return this.#storage.tenant(tenantId).transaction(async (db) => {
+      await this.lockForWrite(db, listId);
       const { row, fields } = await this.load(db, auth, listId, 'lists.write');
       const next = fields.map((f) => ({ ...f }));
       for (const input of change.add ?? []) {

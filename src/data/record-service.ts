@@ -87,7 +87,20 @@ interface Item {
   target: Row | null;
   values: Map<string, unknown>;
   mode: 'merge' | 'replace';
+  presetHashes?: { sha256?: string; md5?: string } | undefined;
+  /** A new record already encoded outside the write transaction (by {@link RecordService.merge}). */
+  encoded?: ReturnType<typeof encodeRecord> | undefined;
+}
+
+/** The lines of a merge batch that name one record, with their combined values. */
+interface Group {
+  key: string;
+  lines: number[];
+  values: Map<string, unknown>;
+  /** The match key's value, as targets are looked up. */
+  match: Map<string, unknown>;
   presetHashes?: { sha256?: string; md5?: string };
+  encoded?: ReturnType<typeof encodeRecord>;
 }
 
 /**
@@ -212,7 +225,6 @@ export class RecordService {
     // The record after the write: a merge keeps the stored values of the fields it does not name
     // (and the oHashes of a record that has no email); a replace keeps nothing.
     const rows = items.map((item) => {
-      const id = item.target?.id ?? newId(now);
       let values = item.values;
       let hashes = item.presetHashes;
       if (item.target && item.mode === 'merge') {
@@ -230,7 +242,8 @@ export class RecordService {
         const v = values.get(f.name);
         if (v === null || v === undefined) errors.push(lineError(item.line, 'is required', f.name));
       }
-      return { ...encodeRecord(keys, list.fields, listKey, id, values, { created: item.target?.created_at ?? now, updated: now }, hashes), item };
+      if (item.encoded) return { ...item.encoded, item };
+      return { ...encodeRecord(keys, list.fields, listKey, item.target?.id ?? newId(now), values, { created: item.target?.created_at ?? now, updated: now }, hashes), item };
     });
 
     const claims = new Map<string, { id: string; line: number }>();
@@ -329,6 +342,16 @@ export class RecordService {
    * Upserts up to 10,000 records by a match key in one transaction: all or
    * nothing. On any invalid record, the answer lists the line and reason of
    * every one (values never repeated) and nothing changes.
+   *
+   * Two phases. First, without a write transaction: validation, grouping of
+   * lines that name the same record, and the encryption of the records that
+   * do not exist yet (the bulk of the CPU work of an import). Then the write
+   * transaction, serialised per list, finds the targets again,
+   * authoritatively, encodes what the first phase could not use (records
+   * that appeared or disappeared in between, updates, or everything if the
+   * list's schema or data-key generation changed), checks uniqueness and
+   * writes. The tenant's write lock is held for about half as long, and
+   * another server process can write while this one encrypts.
    */
   async merge(auth: AuthContext, tenantId: string, listId: string, records: unknown[], opts: MergeOptions): Promise<MergeResult> {
     if (!MATCH_KEYS.includes(opts.matchKey)) throw new CustosError('validation_failed', `matchKey must be one of ${MATCH_KEYS.join(', ')}`);
@@ -336,52 +359,44 @@ export class RecordService {
     const first = opts.firstLine ?? 1;
     const insertNew = opts.insertOnNoMatch ?? true;
     const update = opts.updateOnMatch ?? 'merge';
-    return this.#storage.tenant(tenantId).transaction(async (db) => {
+    const store = this.#storage.tenant(tenantId);
+    const pre = await store.read(async (db) => {
+      const list = await this.#lists.load(db, auth, listId, 'lists.write', { cached: true });
+      const keys = await this.#keys.objectKeysForRead(db, tenantId, LIST_OBJECT, list.row.id);
+      const groups = this.#group(list, keys, records, first, opts.matchKey);
+      const targets = await this.#targets(db, keys, list.row.key, opts.matchKey, groups.map((g) => g.match));
+      return { list, keys, groups, targets };
+    });
+    if (insertNew) {
+      const now = this.#clock.now();
+      for (const g of pre.groups) if (!pre.targets.has(g.key)) g.encoded = encodeRecord(pre.keys, pre.list.fields, pre.list.row.key, newId(now), g.values, { created: now, updated: now }, g.presetHashes);
+    }
+    return store.transaction(async (db) => {
+      await this.#lists.lockForWrite(db, listId);
       const list = await this.#lists.load(db, auth, listId, 'lists.write');
       const keys = await this.#keysOf(db, tenantId, listId);
-      const errors: LineError[] = [];
-      const checked = records.map((r, i) => this.#check(list, r, first + i, errors, { matchKey: opts.matchKey }));
-      if (errors.length > 0) throw batchError(errors);
-      const values = checked as Array<Map<string, unknown>>;
-      const targets = await this.#targets(db, keys, list.row.key, opts.matchKey, values);
+      const reuse = list.row.schema_version === pre.list.row.schema_version && keys.active.generation === pre.keys.active.generation;
+      const groups = reuse ? pre.groups : this.#group(list, keys, records, first, opts.matchKey);
+      const targets = await this.#targets(db, keys, list.row.key, opts.matchKey, groups.map((g) => g.match));
       const items: Item[] = [];
-      const pending = new Map<string, Item>();
       let skipped = 0;
-      const ids: string[] = Array.from({ length: values.length }, () => '');
-      const lineOf: Array<Item | null> = [];
-      for (let i = 0; i < values.length; i++) {
-        const v = values[i]!;
-        const k = matchValue(keys, opts.matchKey, v.get(opts.matchKey));
-        const earlier = pending.get(k);
-        if (earlier) {
-          // The same record twice in one batch: later lines apply on top of earlier ones.
-          for (const [name, value] of v) earlier.values.set(name, value);
-          lineOf.push(earlier);
+      const ids: string[] = Array.from({ length: records.length }, () => '');
+      const itemOf: Array<Item | null> = Array.from({ length: records.length }, () => null);
+      for (const g of groups) {
+        const target = targets.get(g.key) ?? null;
+        if ((target && update === 'none') || (!target && !insertNew)) {
+          skipped += g.lines.length;
+          if (target) for (const line of g.lines) ids[line - first] = target.id;
           continue;
         }
-        const target = targets.get(k) ?? null;
-        if (target && update === 'none') {
-          skipped++;
-          ids[i] = target.id;
-          lineOf.push(null);
-          continue;
-        }
-        if (!target && !insertNew) {
-          skipped++;
-          lineOf.push(null);
-          continue;
-        }
-        const presetHashes = opts.matchKey === SHA256 ? { sha256: String(v.get(SHA256)) } : opts.matchKey === MD5 ? { md5: String(v.get(MD5)) } : undefined;
-        if (opts.matchKey === SHA256 || opts.matchKey === MD5) v.delete(opts.matchKey);
-        const item: Item = { line: first + i, target, values: v, mode: target ? (update === 'replace' ? 'replace' : 'merge') : 'replace', presetHashes };
+        const item: Item = { line: g.lines[0]!, target, values: g.values, mode: target ? (update === 'replace' ? 'replace' : 'merge') : 'replace', presetHashes: g.presetHashes, encoded: target ? undefined : g.encoded };
         items.push(item);
-        pending.set(k, item);
-        lineOf.push(item);
+        for (const line of g.lines) itemOf[line - first] = item;
       }
       const written = await this.#write(db, tenantId, list, keys, items);
       const idOf = new Map(items.map((item, i) => [item, written[i]!]));
-      for (let i = 0; i < lineOf.length; i++) {
-        const item = lineOf[i];
+      for (let i = 0; i < itemOf.length; i++) {
+        const item = itemOf[i];
         if (item) ids[i] = idOf.get(item)!;
       }
       const inserted = items.filter((i) => i.target === null).length;
@@ -397,8 +412,39 @@ export class RecordService {
     });
   }
 
+  /**
+   * Validates a batch (throwing the line and reason of every bad record) and
+   * groups the lines that name the same record: later lines apply on top of
+   * earlier ones. An oHash match key becomes the record's preset oHash.
+   */
+  #group(list: LoadedList, keys: ObjectKeys, records: unknown[], first: number, matchKey: MatchKey): Group[] {
+    const errors: LineError[] = [];
+    const checked = records.map((r, i) => this.#check(list, r, first + i, errors, { matchKey }));
+    if (errors.length > 0) throw batchError(errors);
+    const groups = new Map<string, Group>();
+    for (let i = 0; i < checked.length; i++) {
+      const v = checked[i]!;
+      const key = matchValue(keys, matchKey, v.get(matchKey));
+      const earlier = groups.get(key);
+      if (earlier) {
+        for (const [name, value] of v) earlier.values.set(name, value);
+        earlier.lines.push(first + i);
+      } else {
+        groups.set(key, { key, lines: [first + i], values: v, match: new Map([[matchKey, v.get(matchKey)]]) });
+      }
+    }
+    for (const g of groups.values()) {
+      if (matchKey === SHA256 || matchKey === MD5) {
+        g.presetHashes = matchKey === SHA256 ? { sha256: String(g.values.get(SHA256)) } : { md5: String(g.values.get(MD5)) };
+        g.values.delete(matchKey);
+      }
+    }
+    return [...groups.values()];
+  }
+
   async create(auth: AuthContext, tenantId: string, listId: string, input: unknown): Promise<RecordView> {
     return this.#storage.tenant(tenantId).transaction(async (db) => {
+      await this.#lists.lockForWrite(db, listId);
       const list = await this.#lists.load(db, auth, listId, 'lists.write');
       const keys = await this.#keysOf(db, tenantId, listId);
       const errors: LineError[] = [];
@@ -431,6 +477,7 @@ export class RecordService {
 
   async update(auth: AuthContext, tenantId: string, listId: string, recordId: string, input: unknown, mode: 'merge' | 'replace' = 'merge'): Promise<RecordView> {
     return this.#storage.tenant(tenantId).transaction(async (db) => {
+      await this.#lists.lockForWrite(db, listId);
       const list = await this.#lists.load(db, auth, listId, 'lists.write');
       const target = await this.#row(db, list.row.key, recordId);
       const keys = await this.#keysOf(db, tenantId, listId);

@@ -134,6 +134,30 @@ describeEachStorage('lists and records', (kind) => {
       await merge(director.headers, [{ EMAIL_ADDRESS_: 'new@x.example', TIER: 'silver' }]);
     });
 
+    it('applies concurrent merges of the same new records one after the other: one inserts, the other updates, no duplicates', async () => {
+      const batch = (tier: string) => Array.from({ length: 300 }, (_, i) => ({ CUSTOMER_ID_: `RACE-${i}`, EMAIL_ADDRESS_: `race${i}@x.example`, TIER: tier }));
+      const [a, b] = await Promise.all([merge(director.headers, batch('a'), 'CUSTOMER_ID_'), merge(director.headers, batch('b'), 'CUSTOMER_ID_')]);
+      expect(a.statusCode, a.body).toBe(200);
+      expect(b.statusCode, b.body).toBe(200);
+      const results = [a.json(), b.json()].sort((x, y) => y.inserted - x.inserted);
+      expect(results[0]).toMatchObject({ inserted: 300, updated: 0 });
+      expect(results[1]).toMatchObject({ inserted: 0, updated: 300 });
+      expect(results[0].ids).toEqual(results[1].ids);
+      const found = (await api('GET', `/lists/${listId}/records?filter=CUSTOMER_ID_:RACE-7`, director.headers)).json().records;
+      expect(found).toHaveLength(1);
+      expect(['a', 'b']).toContain(found[0].fields.TIER);
+      expect(found[0].fields.EMAIL_ADDRESS_).toBe('race7@x.example');
+      // Lines naming the same record within one batch apply in order, onto one record.
+      const dup = await merge(director.headers, [{ CUSTOMER_ID_: 'RACE-1', TIER: 'x' }, { CUSTOMER_ID_: 'RACE-NEW', TIER: 'y', EMAIL_ADDRESS_: 'racenew@x.example' }, { CUSTOMER_ID_: 'RACE-1', SCORE: 5 }, { CUSTOMER_ID_: 'RACE-NEW', TIER: 'z' }], 'CUSTOMER_ID_');
+      expect(dup.json()).toMatchObject({ inserted: 1, updated: 1, skipped: 0 });
+      expect(dup.json().ids[0]).toBe(dup.json().ids[2]);
+      expect(dup.json().ids[1]).toBe(dup.json().ids[3]);
+      const one = (await api('GET', `/lists/${listId}/records/${dup.json().ids[0]}`, director.headers)).json();
+      expect(one.fields).toMatchObject({ TIER: 'x', SCORE: 5, EMAIL_ADDRESS_: 'race1@x.example' });
+      const fresh = (await api('GET', `/lists/${listId}/records/${dup.json().ids[1]}`, director.headers)).json();
+      expect(fresh.fields).toMatchObject({ TIER: 'z', EMAIL_ADDRESS_: 'racenew@x.example' });
+    });
+
     it('updates, replaces and deletes single records', async () => {
       const rec = (await api('POST', `/lists/${listId}/records`, director.headers, { fields: { EMAIL_ADDRESS_: 'single@x.example', TIER: 't', CITY: 'Rome' } })).json();
       const upd = await api('PATCH', `/lists/${listId}/records/${rec.id}`, director.headers, { fields: { TIER: 'u' } });
