@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 
 /**
  * oHash normalisation of an email address, as Oracle Responsys does it: trim,
@@ -24,5 +24,6 @@ export function normaliseEmail(email: string): string {
  */
 export function ohashes(email: string): { sha256: string; md5: string } {
   const n = normaliseEmail(email);
-  return { sha256: createHash('sha256').update(n, 'utf8').digest('hex'), md5: createHash('md5').update(n, 'utf8').digest('hex') };
+  // One-shot crypto.hash: about twice as fast as createHash() for short inputs.
+  return { sha256: hash('sha256', n, 'hex'), md5: hash('md5', n, 'hex') };
 }

@@ -1,4 +1,4 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { hash, timingSafeEqual } from 'node:crypto';
 import { isId, randomToken } from '../core/ids.js';
 
 /**
@@ -29,7 +29,7 @@ export function parseCredential(text: unknown): ParsedCredential | null {
 }
 
 export function hashSecret(secret: string): Buffer {
-  return createHash('sha256').update(secret, 'utf8').digest();
+  return hash('sha256', secret, 'buffer');
 }
 
 /** Constant-time comparison of a presented secret with a stored hash. */
