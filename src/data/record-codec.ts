@@ -113,14 +113,24 @@ export function normaliseForMatch(email: string): string {
 export { normaliseEmail };
 
 /** Decrypts a stored row back to field values (computed oHashes included): one decryption per record. */
-export function decodeRecord(keys: ObjectKeys, fields: readonly FieldDef[], row: Pick<RecordsTable, 'id' | 'plain' | 'protected' | 'email_sha256' | 'email_md5'>): Map<string, unknown> {
+export function decodeRecord(keys: ObjectKeys, fields: readonly FieldDef[], row: StoredValues): Map<string, unknown> {
+  const values = decodeFields(keys, fields, row);
   const out = new Map<string, unknown>();
+  for (let i = 0; i < fields.length; i++) out.set(fields[i]!.name, values[i]);
+  return out;
+}
+
+/** The stored columns a record's values come from. */
+export type StoredValues = Pick<RecordsTable, 'id' | 'plain' | 'protected' | 'email_sha256' | 'email_md5'>;
+
+/** The values of `fields` (in that order, null when absent) of a stored row: one decryption, no map (exports). */
+export function decodeFields(keys: ObjectKeys, fields: readonly FieldDef[], row: StoredValues): unknown[] {
   const plain = JSON.parse(row.plain) as Record<string, unknown>;
   const prot = openProtected(keys, row.id, row.protected);
-  for (const f of fields) {
-    if (f.name === SHA256) out.set(f.name, row.email_sha256);
-    else if (f.name === MD5) out.set(f.name, row.email_md5);
-    else out.set(f.name, (f.classification === 'plain' ? plain[f.name] : prot[f.name]) ?? null);
+  const out = new Array<unknown>(fields.length);
+  for (let i = 0; i < fields.length; i++) {
+    const f = fields[i]!;
+    out[i] = f.name === SHA256 ? row.email_sha256 : f.name === MD5 ? row.email_md5 : ((f.classification === 'plain' ? plain[f.name] : prot[f.name]) ?? null);
   }
   return out;
 }

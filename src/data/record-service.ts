@@ -15,7 +15,7 @@ import type { RecordsTable } from './data-tables.js';
 import { CUSTOMER_ID, EMAIL, MATCH_KEYS, MD5, MOBILE, SHA256, checkValue, type MatchKey } from './fields.js';
 import type { ListService, LoadedList } from './list-service.js';
 import { ohashes } from './ohash.js';
-import { LIST_OBJECT, decodeRecord, encodeRecord, indexValue, lookupKey, normaliseForMatch, openProtected, sealProtected } from './record-codec.js';
+import { LIST_OBJECT, decodeFields, decodeRecord, encodeRecord, indexValue, lookupKey, normaliseForMatch, openProtected, sealProtected } from './record-codec.js';
 import { redact } from './redaction.js';
 
 export interface RecordView {
@@ -616,23 +616,30 @@ export class RecordService {
           .limit(PAGE)
           .execute();
         if (rows.length === 0) return null;
-        const values = await this.#decodeAll(db, tenantId, list, rows);
-        let out = '';
-        for (let i = 0; i < rows.length; i++) {
-          const v = values[i]!;
-          if (format === 'csv') {
-            let line = '';
-            for (let j = 0; j < defs.length; j++) {
-              const f = defs[j]!;
-              const x = v.get(f.name) ?? null;
-              line += (j === 0 ? '' : ',') + csvCell(clear ? x : redact(f, x));
+        // Decrypts with cached keys; on a generation the cache does not know yet, once more with fresh keys.
+        const render = (keys: ObjectKeys): string => {
+          let out = '';
+          for (const row of rows) {
+            const values = decodeFields(keys, defs, row);
+            if (!clear) for (let j = 0; j < defs.length; j++) values[j] = redact(defs[j]!, values[j]);
+            if (format === 'csv') {
+              let line = csvCell(values[0]);
+              for (let j = 1; j < values.length; j++) line += `,${csvCell(values[j])}`;
+              out += `${line}\r\n`;
+            } else {
+              const obj: Record<string, unknown> = { id: row.id };
+              for (let j = 0; j < defs.length; j++) obj[defs[j]!.name] = values[j];
+              out += `${JSON.stringify(obj)}\n`;
             }
-            out += `${line}\r\n`;
-          } else {
-            const obj: Record<string, unknown> = { id: rows[i]!.id };
-            for (const f of defs) obj[f.name] = clear ? (v.get(f.name) ?? null) : redact(f, v.get(f.name) ?? null);
-            out += `${JSON.stringify(obj)}\n`;
           }
+          return out;
+        };
+        let out: string;
+        try {
+          out = render(await this.#keys.objectKeysForRead(db, tenantId, LIST_OBJECT, list.row.id));
+        } catch (err) {
+          if ((err as CustosError).code !== 'decryption_failed') throw err;
+          out = render(await this.#keys.objectKeysForRead(db, tenantId, LIST_OBJECT, list.row.id, { fresh: true }));
         }
         cursor = rows.at(-1)!.id;
         return out;
