@@ -7,6 +7,7 @@ export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
 /** Sends an RFC 9457 problem document. */
 export function sendProblem(reply: FastifyReply, code: ErrorCode, detail?: string, extensions?: ProblemExtensions): FastifyReply {
   const problem = toProblem(code, detail, extensions, reply.request.url.split('?')[0]);
+  if (typeof extensions?.retryAfterSeconds === 'number') reply.header('retry-after', String(Math.max(1, Math.ceil(extensions.retryAfterSeconds))));
   return reply.code(problem.status).type(PROBLEM_CONTENT_TYPE).send(problem);
 }
 

@@ -106,6 +106,13 @@ export interface ApiCredentialsTable {
   created_at: number;
 }
 
+/** Failed password sign-ins from one client address in one minute (`bucket` = minutes since the epoch). */
+export interface LoginIpFailuresTable {
+  ip: string;
+  bucket: number;
+  failures: number;
+}
+
 declare module '../storage/schema.js' {
   interface TenantDB {
     roles: RolesTable;
@@ -120,5 +127,6 @@ declare module '../storage/schema.js' {
     mfa_totp: MfaTotpTable;
     mfa_recovery_codes: MfaRecoveryCodesTable;
     api_credentials: ApiCredentialsTable;
+    login_ip_failures: LoginIpFailuresTable;
   }
 }

@@ -22,6 +22,7 @@ import {
   newCredential,
   parseCredential,
 } from './credentials.js';
+import { loginThrottle } from './login-throttle.js';
 import type { Mfa } from './mfa.js';
 import { checkPassword } from './password-policy.js';
 import type { SecuritySettings, SecuritySettingsStore } from './security-settings.js';
@@ -116,15 +117,25 @@ export class LoginService {
     then: (db: Kysely<TenantDB>, user: UserRow, settings: SecuritySettings) => Promise<T>,
   ): Promise<T> {
     const store = this.#storage.tenant(tenant.id);
-    const user = await store.read((db) => db.selectFrom('users').selectAll().where('username', '=', username).executeTakeFirst());
-    const matches = user?.password_hash ? await verifyPassword(user.password_hash, password) : await verifyDummy(password);
-    const now = this.#clock.now();
+    const throttleSettings = await this.#settings.get(tenant.id);
+    const { user, wait } = await store.read(async (db) => ({
+      user: await db.selectFrom('users').selectAll().where('username', '=', username).executeTakeFirst(),
+      wait: await loginThrottle.waitSeconds(db, source?.ip, throttleSettings, this.#clock.now()),
+    }));
     const actor = claimant(user, username, source);
     const eventType = kind === 'console' ? 'auth.login.failure' : 'auth.token.failure';
+    if (wait > 0) {
+      // The password is not checked: the address has failed too often (and hashing is the costly part).
+      await this.#audit.record(tenant.id, { type: eventType, outcome: 'failure', code: 'rate_limited', actor, resource: user ? { type: 'user', id: user.id, name: user.username } : undefined, details: { reason: 'ip_throttled' } });
+      throw new CustosError('rate_limited', 'too many failed sign-ins from this address; try again later', { extensions: { retryAfterSeconds: wait } });
+    }
+    const matches = user?.password_hash ? await verifyPassword(user.password_hash, password) : await verifyDummy(password);
+    const now = this.#clock.now();
 
     const outcome = await store.transaction(async (db) => {
       const settings = await this.#settings.inTx(db);
       const fail = async (reason: string) => {
+        await loginThrottle.recordFailure(db, source?.ip, now);
         await this.#audit.append(db, tenant.id, { type: eventType, outcome: 'failure', code: 'invalid_credentials', actor, resource: user ? { type: 'user', id: user.id, name: user.username } : undefined, details: { reason } });
         return { ok: false as const };
       };

@@ -41,6 +41,14 @@ export interface SecuritySettings {
   };
   /** CIDRs (IPv4 or IPv6) requests may come from; empty allows any address. */
   ipAllowlist: string[];
+  /**
+   * Per-address throttle of password sign-ins (console and API): after
+   * `maxFailures` failed attempts from one client address within
+   * `windowMinutes`, that address gets 429 `rate_limited` without its
+   * password being checked, until the oldest failures leave the window.
+   * `maxFailures` 0 turns it off. Default 50 in 15 minutes.
+   */
+  loginThrottle: { maxFailures: number; windowMinutes: number };
   /** When on, every user and API user reaches only objects of its organizations and their descendants. */
   orgAccessControl: boolean;
 }
@@ -51,6 +59,7 @@ export const DEFAULT_SECURITY_SETTINGS: SecuritySettings = Object.freeze({
   session: { idleTimeoutMinutes: 30 },
   mfa: { required: 'none', roles: [] },
   ipAllowlist: [],
+  loginThrottle: { maxFailures: 50, windowMinutes: 15 },
   orgAccessControl: false,
 }) as SecuritySettings;
 
@@ -124,6 +133,10 @@ export function checkSecuritySettings(input: unknown): SecuritySettings {
   if (!Array.isArray(roles) || roles.length > 50 || roles.some((r) => typeof r !== 'string' || r.length > 64)) fail('mfa.roles must be a list of role keys or ids');
   const allow = o.ipAllowlist;
   if (!Array.isArray(allow) || allow.length > 200 || allow.some((c) => typeof c !== 'string')) fail('ipAllowlist must be a list of CIDRs');
+  // Optional in a PUT (documents from before it existed stay valid): absent means the default.
+  const t = (o.loginThrottle ?? DEFAULT_SECURITY_SETTINGS.loginThrottle) as Record<string, unknown>;
+  if (t === null || typeof t !== 'object') fail('loginThrottle must be an object');
+  const loginThrottle = { maxFailures: int(t.maxFailures, 'loginThrottle.maxFailures', 0, 100000), windowMinutes: int(t.windowMinutes, 'loginThrottle.windowMinutes', 1, 1440) };
   const cidrs = (allow as string[]).map((c) => {
     const [range, bits] = parseCidr(c.trim());
     return `${range.toString()}/${bits}`;
@@ -143,6 +156,7 @@ export function checkSecuritySettings(input: unknown): SecuritySettings {
     session: { idleTimeoutMinutes: idle },
     mfa: { required: m.required, roles: roles as string[] },
     ipAllowlist: cidrs,
+    loginThrottle,
     orgAccessControl: bool(o.orgAccessControl, 'orgAccessControl'),
   };
 }
@@ -164,7 +178,8 @@ export class SecuritySettingsStore {
 
   async #read(db: Kysely<TenantDB>): Promise<SecuritySettings> {
     const row = await db.selectFrom('tenant_settings').select('value').where('key', '=', KEY).executeTakeFirst();
-    return row ? (JSON.parse(row.value) as SecuritySettings) : DEFAULT_SECURITY_SETTINGS;
+    // Stored documents from before a setting existed get its default.
+    return row ? { ...DEFAULT_SECURITY_SETTINGS, ...(JSON.parse(row.value) as Partial<SecuritySettings>) } : DEFAULT_SECURITY_SETTINGS;
   }
 
   /** Settings as of this transaction (no cache): for decisions that must be exact. */

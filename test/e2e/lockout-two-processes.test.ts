@@ -94,6 +94,18 @@ function post(agent: https.Agent, url: string, path: string, body: unknown): Pro
       const served = servers.map((s) => (s.output().stdout.match(/"url":"\/api\/v1\/auth\/login"/g) ?? []).length);
       expect(served.every((n) => n >= 25)).toBe(true);
 
+      // The 50 failures also reached the per-address sign-in throttle (default 50 in 15 minutes), counted in
+      // the shared database: this address now waits on either process, whatever the password.
+      for (const s of servers) {
+        const throttled = await post(agent, s.url, '/api/v1/auth/login', { tenant: 'lockout', username: 'admin', password: tenant.admin.temporaryPassword });
+        expect(throttled.status).toBe(429);
+        expect(throttled.body).toMatchObject({ code: 'rate_limited' });
+      }
+      const settings = structuredClone(await rt.securitySettings.get(tenant.id));
+      await store.transaction((db) => rt.securitySettings.put(db, tenant.id, { ...settings, loginThrottle: { maxFailures: 0, windowMinutes: 15 } }));
+      // The servers cache security settings for a second.
+      await new Promise((r) => setTimeout(r, 1100));
+
       // Locked: the right password fails too, on either process, and counts nothing further.
       for (const s of servers) {
         const right = await post(agent, s.url, '/api/v1/auth/login', { tenant: 'lockout', username: 'admin', password: tenant.admin.temporaryPassword });

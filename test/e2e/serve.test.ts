@@ -88,6 +88,8 @@ describeEachStorage('custos serve --workers', (kind) => {
     const run = spawnCli(['serve', '--workers', '2', '--port', '0'], env.env);
     await waitFor(() => /"workers":2,"msg":"listening"/.test(run.output().stdout), 30000, 'cluster listening');
     const url = /"url":"(https:[^"]+)","workers":2/.exec(run.output().stdout)![1]!;
+    // Announced only once both workers listen.
+    expect((run.output().stdout.match(/Server listening at/g) ?? []).length).toBe(2);
     const ca = readFileSync(env.config.tlsCert);
     for (let i = 0; i < 10; i++) expect((await get(`${url}/healthz`, ca)).status).toBe(200);
     const children = readFileSync(`/proc/${run.child.pid}/task/${run.child.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
@@ -102,7 +104,9 @@ describeEachStorage('custos serve --workers', (kind) => {
     const now = childPids();
     expect(schedulers(now)).toHaveLength(1);
     expect(schedulers(now)[0]).not.toBe(scheduler);
-    expect(run.output().stdout).toMatch(/server worker died; starting another/);
+    // The primary's log line may reach the pipe a moment after the replacement starts; the replacement then listens.
+    await waitFor(() => /server worker died; starting another/.test(run.output().stdout), 10000, 'the death logged');
+    await waitFor(() => (run.output().stdout.match(/Server listening at/g) ?? []).length >= 3, 30000, 'the replacement listening');
     for (let i = 0; i < 4; i++) expect((await get(`${url}/healthz`, ca)).status).toBe(200);
     children.splice(0, children.length, ...now);
     run.child.kill('SIGTERM');

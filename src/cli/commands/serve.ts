@@ -30,13 +30,17 @@ function runCluster(workers: number, rt: { logger: Runtime['logger'] }): Promise
   return new Promise((resolve) => {
     let stopping = false;
     let announced = false;
+    const listening = new Set<number>();
     // One worker runs the scheduled work; if it dies, its replacement takes that over.
     let scheduler: number | undefined;
     const fork = (scheduled: boolean) => {
       const w = cluster.fork({ CUSTOS_SCHEDULED_WORK: scheduled ? '1' : '0' });
       if (scheduled) scheduler = w.id;
       w.on('message', (m: { type?: string; url?: string }) => {
-        if (m.type === 'listening' && !announced) {
+        if (m.type !== 'listening') return;
+        listening.add(w.id);
+        // Announced once every first-generation worker listens: then the port is shared by all of them.
+        if (!announced && listening.size >= workers) {
           announced = true;
           rt.logger.info({ url: m.url, workers }, 'listening');
         }

@@ -12,6 +12,8 @@ const Username = Type.String({ minLength: 1, maxLength: 200 });
 const Password = Type.String({ minLength: 1, maxLength: 1024 });
 const FlowToken = Type.String({ minLength: 1, maxLength: 100, description: 'From the previous challenge answer' });
 const Problems = { 400: { $ref: 'Problem#' }, 401: { $ref: 'Problem#' }, 403: { $ref: 'Problem#' }, 404: { $ref: 'Problem#' } };
+/** Password sign-ins: also 429 `rate_limited` (with Retry-After) for an address that failed too often. */
+const SignInProblems = { ...Problems, 429: { $ref: 'Problem#' } };
 
 const SignIn = Type.Union(
   [
@@ -87,9 +89,9 @@ export function authRoutes(app: FastifyInstance, rt: Runtime): void {
       schema: {
         tags: ['authentication'],
         summary: 'Sign in to the console',
-        description: 'Answers a session (cookie `custos_session`, plus a CSRF token) or the next challenge. Every failure is 401 invalid_credentials.',
+        description: 'Answers a session (cookie `custos_session`, plus a CSRF token) or the next challenge. Every failure is 401 invalid_credentials; an address with too many recent failures gets 429 rate_limited with Retry-After, without its password being checked (tenant setting `loginThrottle`).',
         body: Type.Object({ tenant: TenantName, username: Username, password: Password, deviceToken: Type.Optional(Type.String({ maxLength: 100 })) }, { additionalProperties: false }),
-        response: { 200: { $ref: 'SignInResult#' }, ...Problems },
+        response: { 200: { $ref: 'SignInResult#' }, ...SignInProblems },
       },
     },
     async (request, reply) => {
@@ -162,14 +164,14 @@ export function authRoutes(app: FastifyInstance, rt: Runtime): void {
         tags: ['authentication'],
         summary: 'API users: a bearer token (1 hour) for username and password, or for a registered TLS client certificate',
         description:
-          'With `password`: the password sign-in (lockout applies). Without it: the TLS client certificate of this connection must be within its validity and either match a fingerprint pinned for the API user or chain, by signature, to a CA registered for it (`/users/{id}/credentials`). Every failure is 401 invalid_credentials.',
+          'With `password`: the password sign-in (lockout applies). Without it: the TLS client certificate of this connection must be within its validity and either match a fingerprint pinned for the API user or chain, by signature, to a CA registered for it (`/users/{id}/credentials`). Every failure is 401 invalid_credentials; with `password`, an address with too many recent failures gets 429 rate_limited with Retry-After (tenant setting `loginThrottle`).',
         body: Type.Object({ tenant: TenantName, username: Username, password: Type.Optional(Password) }, { additionalProperties: false }),
         response: {
           200: Type.Union([
             Type.Object({ status: Type.Literal('ok'), accessToken: Type.String(), tokenType: Type.Literal('Bearer'), expiresAt: Type.String(), expiresIn: Type.Integer() }, { additionalProperties: false }),
             Type.Object({ status: Type.Literal('challenge'), challenge: Type.String(), flowToken: Type.String() }, { additionalProperties: false }),
           ]),
-          ...Problems,
+          ...SignInProblems,
         },
       },
     },

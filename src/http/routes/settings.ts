@@ -39,6 +39,15 @@ const SecuritySettings = Type.Object(
       { additionalProperties: false },
     ),
     ipAllowlist: Type.Array(Type.String({ minLength: 1, maxLength: 64 }), { maxItems: 200, description: 'IPv4/IPv6 CIDRs requests may come from; empty allows any. Must include the address of the change.' }),
+    loginThrottle: Type.Optional(
+      Type.Object(
+        {
+          maxFailures: Type.Integer({ minimum: 0, maximum: 100000, description: 'Failed password sign-ins from one client address that make it wait (default 50; 0 turns the throttle off)' }),
+          windowMinutes: Type.Integer({ minimum: 1, maximum: 1440, description: 'The window the failures are counted in (default 15)' }),
+        },
+        { additionalProperties: false, description: 'Per-address throttle of password sign-ins: 429 `rate_limited` with Retry-After, without checking the password. Always present in answers; optional in a PUT (absent keeps the default).' },
+      ),
+    ),
     orgAccessControl: Type.Boolean({ description: 'Users reach only objects of their organizations and their descendants' }),
   },
   { additionalProperties: false },
@@ -46,7 +55,7 @@ const SecuritySettings = Type.Object(
 
 /** The tenant's security settings (`account.admin`). */
 export function settingsRoutes(app: FastifyInstance, rt: Runtime): void {
-  app.get('/settings/security', adminRoute('account.admin', { tags: ['settings'], summary: 'Security settings: password rules, lockout, idle timeout, MFA policy, IP allowlist, organizational access control', response: { 200: SecuritySettings, ...Problems } }), async (request) =>
+  app.get('/settings/security', adminRoute('account.admin', { tags: ['settings'], summary: 'Security settings: password rules, lockout, idle timeout, MFA policy, IP allowlist, sign-in throttle, organizational access control', response: { 200: SecuritySettings, ...Problems } }), async (request) =>
     rt.securityAdmin.get(authOf(request), tenantOf(request).id),
   );
 
