@@ -80,12 +80,18 @@ describeEachStorage('custos serve --workers', (kind) => {
   beforeAll(async () => {
     env = await makeTestEnv(kind);
   });
-  afterAll(async () => env.cleanup());
+  // A failed test must not leave a cluster behind (its primary would keep restarting workers).
+  const runs: Array<ReturnType<typeof spawnCli>> = [];
+  afterAll(async () => {
+    for (const r of runs) if (r.child.exitCode === null && r.child.signalCode === null) r.child.kill('SIGKILL');
+    await env.cleanup();
+  });
 
   it('serves from several processes on one port, replaces a dead worker (keeping one scheduler) and stops them all on SIGTERM, exit 0', async () => {
     const { runCli } = await import('../helpers/cli.js');
     expect((await runCli(['init'], env.env)).code).toBe(0);
     const run = spawnCli(['serve', '--workers', '2', '--port', '0'], env.env);
+    runs.push(run);
     await waitFor(() => /"workers":2,"msg":"listening"/.test(run.output().stdout), 30000, 'cluster listening');
     const url = /"url":"(https:[^"]+)","workers":2/.exec(run.output().stdout)![1]!;
     // Announced only once both workers listen.
@@ -113,5 +119,15 @@ describeEachStorage('custos serve --workers', (kind) => {
     const res = await run.exited;
     expect(res.code).toBe(0);
     for (const pid of children) expect(() => process.kill(Number(pid), 0)).toThrow();
+  });
+
+  it('stops with exit 1 instead of restarting workers that keep dying at start', async () => {
+    const run = spawnCli(['serve', '--workers', '2', '--port', '0'], { ...env.env, CUSTOS_FAILPOINT: 'serve:worker-start' });
+    runs.push(run);
+    const res = await run.exited;
+    expect(res.code).toBe(1);
+    expect(run.output().stdout).toMatch(/server workers keep dying; stopping/);
+    expect(run.output().stdout).not.toMatch(/"msg":"listening"/);
+    expect((run.output().stdout.match(/server worker died; starting another/g) ?? []).length).toBeGreaterThanOrEqual(5);
   });
 });

@@ -1,4 +1,5 @@
 import cluster from 'node:cluster';
+import { failpoint } from '../../core/failpoint.js';
 import { Command } from 'commander';
 import { createLogger } from '../../core/logger.js';
 import type { RunningServer } from '../../http/server.js';
@@ -24,10 +25,16 @@ function serverOptions(cmd: Command): Command {
 /**
  * The primary of a multi-process server: forks `workers` processes that run
  * `serve` on the shared port, restarts one that dies, and on SIGTERM or SIGINT
- * passes the signal on and waits for every worker to drain.
+ * passes the signal on and waits for every worker to drain. Workers that
+ * keep dying (more than `2 × workers`, at least 5, within a minute: a broken
+ * data directory or database, say) stop the whole server with an error
+ * rather than a restart loop.
  */
-function runCluster(workers: number, rt: { logger: Runtime['logger'] }): Promise<void> {
+function runCluster(workers: number, rt: { logger: Runtime['logger'] }): Promise<'stopped' | 'crash-loop'> {
   return new Promise((resolve) => {
+    let outcome: 'stopped' | 'crash-loop' = 'stopped';
+    const deaths: number[] = [];
+    const maxDeaths = Math.max(5, 2 * workers);
     let stopping = false;
     let announced = false;
     const listening = new Set<number>();
@@ -49,11 +56,23 @@ function runCluster(workers: number, rt: { logger: Runtime['logger'] }): Promise
     for (let i = 0; i < workers; i++) fork(i === 0);
     cluster.on('exit', (worker, code, signal) => {
       if (!stopping) {
-        rt.logger.error({ worker: worker.id, code, signal }, 'server worker died; starting another');
-        fork(worker.id === scheduler);
-      } else if (Object.keys(cluster.workers ?? {}).length === 0) {
+        const now = Date.now();
+        deaths.push(now);
+        while (deaths.length > 0 && deaths[0]! < now - 60_000) deaths.shift();
+        if (deaths.length > maxDeaths) {
+          rt.logger.fatal({ deaths: deaths.length, code, signal }, 'server workers keep dying; stopping');
+          outcome = 'crash-loop';
+          stopping = true;
+          for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGTERM');
+        } else {
+          rt.logger.error({ worker: worker.id, code, signal }, 'server worker died; starting another');
+          fork(worker.id === scheduler);
+          return;
+        }
+      }
+      if (Object.keys(cluster.workers ?? {}).length === 0) {
         rt.logger.info('stopped');
-        resolve();
+        resolve(outcome);
       }
     });
     const onSignal = (signal: NodeJS.Signals) => {
@@ -106,10 +125,11 @@ export function serveCommand(): Command {
     if (loaded.config.workers > 1 && cluster.isPrimary) {
       // Migrations and crash recovery run once, here; then the workers serve.
       await (await openRuntime(loaded.config, { logger, migrateTenants: true })).close();
-      await runCluster(loaded.config.workers, { logger });
+      if ((await runCluster(loaded.config.workers, { logger })) === 'crash-loop') throw new CustosError('service_unavailable', 'server workers kept dying; see the log above');
       return;
     }
     const rt = await openRuntime(loaded.config, { logger, migrateTenants: !cluster.isWorker });
+    if (cluster.isWorker) failpoint('serve:worker-start');
     const server = await startServer(rt).catch(async (err: unknown) => {
       await rt.close();
       throw err;
