@@ -1,3 +1,5 @@
+import { isIP } from 'node:net';
+import ipaddr from 'ipaddr.js';
 import type { Kysely } from 'kysely';
 import type { TenantDB } from '../storage/schema.js';
 import type { SecuritySettings } from './security-settings.js';
@@ -13,6 +15,19 @@ const MAX_WINDOW_MINUTES = 1440;
  * password, suspended, locked); a success does not reset the count, or one
  * valid account would let an address clear its own record.
  */
+/**
+ * The address a failure is counted against: an IPv4 address as it is
+ * (IPv4-mapped IPv6 addresses too), an IPv6 address by its /64 — one
+ * subscriber usually holds a whole /64 and could otherwise rotate through it.
+ */
+export function throttleKey(ip: string): string {
+  if (isIP(ip) === 0) return ip;
+  const addr = ipaddr.process(ip);
+  if (addr.kind() === 'ipv4') return addr.toString();
+  const parts = (addr as ipaddr.IPv6).parts.slice(0, 4);
+  return `${ipaddr.IPv6.parse(`${parts.map((p) => p.toString(16)).join(':')}::`).toString()}/64`;
+}
+
 export const loginThrottle = {
   /**
    * Seconds until `ip` may try again, or 0 when it may now. Blocked once
@@ -23,7 +38,7 @@ export const loginThrottle = {
     const { maxFailures, windowMinutes } = settings.loginThrottle;
     if (ip === undefined || maxFailures === 0) return 0;
     const current = Math.floor(now / MINUTE_MS);
-    const rows = await db.selectFrom('login_ip_failures').select(['bucket', 'failures']).where('ip', '=', ip).where('bucket', '>', current - windowMinutes).orderBy('bucket').execute();
+    const rows = await db.selectFrom('login_ip_failures').select(['bucket', 'failures']).where('ip', '=', throttleKey(ip)).where('bucket', '>', current - windowMinutes).orderBy('bucket').execute();
     let total = rows.reduce((n, r) => n + r.failures, 0);
     if (total < maxFailures) return 0;
     for (const r of rows) {
@@ -40,7 +55,7 @@ export const loginThrottle = {
     const bucket = Math.floor(now / MINUTE_MS);
     await db
       .insertInto('login_ip_failures')
-      .values({ ip, bucket, failures: 1 })
+      .values({ ip: throttleKey(ip), bucket, failures: 1 })
       .onConflict((oc) => oc.columns(['ip', 'bucket']).doUpdateSet((eb) => ({ failures: eb('login_ip_failures.failures', '+', 1) })))
       .execute();
     await db.deleteFrom('login_ip_failures').where('bucket', '<=', bucket - MAX_WINDOW_MINUTES).execute();

@@ -62,13 +62,15 @@ describeEachStorage('sign-in throttle per client address', (kind) => {
 
     expect((await login('203.0.113.6', t.admin.password)).statusCode).toBe(200);
     expect((await login('2001:db8::5', t.admin.password)).statusCode).toBe(200);
+    // The same IPv4 address written as IPv4-mapped IPv6 is the same address.
+    expectProblem(await login(`::ffff:${ip}`, t.admin.password), 429, 'rate_limited');
     expect((await login(ip, other.admin.password, { tenant: other })).statusCode).toBe(200);
 
     const events = (await rt.audit.query(t.tenantId, { limit: 100, types: ['auth.login.failure'] })).events;
     const throttled = events.filter((e) => e.code === 'rate_limited');
-    expect(throttled).toHaveLength(2);
+    expect(throttled).toHaveLength(3);
     expect(throttled[0]).toMatchObject({ outcome: 'failure', details: { reason: 'ip_throttled' } });
-    expect(throttled[0]!.source?.ip).toBe(ip);
+    expect(throttled.map((e) => e.source?.ip)).toContain(ip);
 
     // Retry-After is exact to the second (the clock has not moved since it was given).
     clock.advance((retryAfter - 1) * 1000);
@@ -88,6 +90,15 @@ describeEachStorage('sign-in throttle per client address', (kind) => {
     await setThrottle(t, { maxFailures: 0, windowMinutes: 5 });
     expect((await login(ip, t.admin.password)).statusCode).toBe(200);
     expect((await token(ip, robotPassword)).statusCode).toBe(200);
+    await setThrottle(t, { maxFailures: 50, windowMinutes: 15 });
+  });
+
+  it('counts IPv6 failures per /64: rotating addresses inside one /64 does not escape, another /64 is not affected', async () => {
+    await setThrottle(t, { maxFailures: 2, windowMinutes: 5 });
+    expectProblem(await login('2001:db8:aaaa:1::1', 'wrong password ipv6 one'), 401, 'invalid_credentials');
+    expectProblem(await login('2001:db8:aaaa:1:ffff::2', 'wrong password ipv6 two'), 401, 'invalid_credentials');
+    expectProblem(await login('2001:db8:aaaa:1:1234:5678:9abc:def0', t.admin.password), 429, 'rate_limited');
+    expect((await login('2001:db8:aaaa:2::1', t.admin.password)).statusCode).toBe(200);
     await setThrottle(t, { maxFailures: 50, windowMinutes: 15 });
   });
 
