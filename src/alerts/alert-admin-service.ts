@@ -52,6 +52,11 @@ export class AlertAdminService {
     return this.#alerts.create(tenantId, input, auth);
   }
 
+  replaceRule(auth: AuthContext, tenantId: string, id: string, input: AlertRuleInput): Promise<AlertRuleView> {
+    authorize(auth, 'alerts.manage');
+    return this.#alerts.replace(tenantId, id, input, auth);
+  }
+
   deleteRule(auth: AuthContext, tenantId: string, id: string): Promise<void> {
     authorize(auth, 'alerts.manage');
     return this.#alerts.delete(tenantId, id, auth);

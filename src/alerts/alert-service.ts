@@ -4,7 +4,7 @@ import type { AuditEvent, AuditOutcome } from '../audit/audit-types.js';
 import type { Clock } from '../core/clock.js';
 import { rfc3339 } from '../core/clock.js';
 import { CustosError } from '../core/errors.js';
-import { newId } from '../core/ids.js';
+import { isId, newId } from '../core/ids.js';
 import type { Actor } from '../core/principal.js';
 import { checkEmail } from '../core/validation.js';
 import type { MailService } from '../notify/mail-service.js';
@@ -162,6 +162,27 @@ export class AlertService {
       await db.insertInto('alert_rules').values(row).execute();
       const v = this.#view(row);
       await this.#audit.append(db, tenantId, { type: 'alerts.rule.create', outcome: 'success', actor, resource: { type: 'alert-rule', id: row.id, name: row.name }, change: { after: { ...v }, sensitive: ['emails'] } });
+      return v;
+    });
+    this.#cache.delete(tenantId);
+    return view;
+  }
+
+  /**
+   * Replaces a rule's definition (the whole input, as at creation; `enabled`
+   * false pauses it). Its id, creation time, firing history and last firing
+   * stay; the window count starts over from the events in the new window.
+   */
+  async replace(tenantId: string, id: string, input: AlertRuleInput, actor: Actor): Promise<AlertRuleView> {
+    const view = await this.#storage.tenant(tenantId).transaction(async (db) => {
+      const before = isId(id) ? await db.selectFrom('alert_rules').selectAll().where('id', '=', id).executeTakeFirst() : undefined;
+      if (!before) throw new CustosError('not_found');
+      const fields = await this.#check(db, input);
+      if (await db.selectFrom('alert_rules').select('id').where('name', '=', fields.name).where('id', '!=', id).executeTakeFirst()) throw new CustosError('conflict', `an alert rule named ${fields.name} exists`);
+      const row: AlertRulesTable = { ...before, ...fields, updated_at: this.#clock.now() };
+      await db.updateTable('alert_rules').set({ ...fields, updated_at: row.updated_at }).where('id', '=', id).execute();
+      const v = this.#view(row);
+      await this.#audit.append(db, tenantId, { type: 'alerts.rule.update', outcome: 'success', actor, resource: { type: 'alert-rule', id, name: row.name }, change: { before: { ...this.#view(before) }, after: { ...v }, sensitive: ['emails'] } });
       return v;
     });
     this.#cache.delete(tenantId);

@@ -510,6 +510,35 @@ describeEachStorage('tenant admin API', (kind) => {
       }
     });
 
+    it('replaces a rule: a paused rule does not fire, a resumed one does with its new threshold; names stay unique; recorded with before and after', async () => {
+      const rule = (await asAdmin('POST', '/alerts/rules', { name: 'Org churn', eventTypes: ['iam.org.create'], emails: ['secops@adminco.example'] })).json();
+      const other = (await asAdmin('POST', '/alerts/rules', { name: 'Other rule', eventTypes: ['matrix.never'], emails: ['secops@adminco.example'] })).json();
+      const firings = async () => (await asAdmin('GET', `/alerts/rules/${rule.id}/firings`)).json().firings.length as number;
+
+      const paused = await asAdmin('PUT', `/alerts/rules/${rule.id}`, { name: 'Org churn', eventTypes: ['iam.org.create'], emails: ['secops@adminco.example'], enabled: false });
+      expect(paused.statusCode, paused.body).toBe(200);
+      expect(paused.json()).toMatchObject({ id: rule.id, enabled: false, createdAt: rule.createdAt });
+      await asAdmin('POST', '/orgs', { name: 'Churn org 1' });
+      expect(await firings()).toBe(0);
+
+      const resumed = await asAdmin('PUT', `/alerts/rules/${rule.id}`, { name: 'Org churn (2 in 10 min)', eventTypes: ['iam.org.create'], emails: ['secops@adminco.example'], threshold: 2, windowSeconds: 600 });
+      expect(resumed.json()).toMatchObject({ id: rule.id, name: 'Org churn (2 in 10 min)', enabled: true, threshold: 2 });
+      expect((await asAdmin('GET', `/alerts/rules/${rule.id}`)).json()).toEqual(resumed.json());
+      await asAdmin('POST', '/orgs', { name: 'Churn org 2' });
+      // The org created while paused is in the window: two in ten minutes, so this one fires.
+      expect(await firings()).toBe(1);
+
+      expectProblem(await asAdmin('PUT', `/alerts/rules/${other.id}`, { name: 'Org churn (2 in 10 min)', eventTypes: ['matrix.never'], emails: ['secops@adminco.example'] }), 409, 'conflict');
+      expectProblem(await asAdmin('PUT', `/alerts/rules/${other.id}`, { name: 'No recipients', eventTypes: ['matrix.never'] }), 400, 'validation_failed');
+      expectProblem(await asAdmin('PUT', `/alerts/rules/${newId()}`, { name: 'Ghost', eventTypes: ['matrix.never'], emails: ['secops@adminco.example'] }), 404, 'not_found');
+      const updates = (await types()).filter((e) => e.type === 'alerts.rule.update' && e.resource?.id === rule.id);
+      expect(updates).toHaveLength(2);
+      expect(updates.some((e) => e.change?.before?.enabled === false && e.change?.after?.enabled === true)).toBe(true);
+      expect(JSON.stringify(updates)).not.toContain('secops@adminco.example');
+      await asAdmin('DELETE', `/alerts/rules/${rule.id}`);
+      await asAdmin('DELETE', `/alerts/rules/${other.id}`);
+    });
+
     it.each([
       ['a plain-http webhook to another host', 'POST', '/alerts/webhooks', { url: 'http://hooks.example.com/x' }],
       ['a webhook URL with credentials', 'POST', '/alerts/webhooks', { url: 'https://user:pw@hooks.example.com/x' }],

@@ -83,6 +83,7 @@ const SAMPLES: Record<string, (p: Principal | null) => unknown> = {
   'POST /api/v1/keys/import': () => ({ wrappedKeyMaterial: Buffer.alloc(384).toString('base64') }),
   'POST /api/v1/keys/schedule-deletion': () => ({ days: 7 }),
   'POST /api/v1/alerts/rules': () => ({ name: `Matrix rule ${++unique}`, eventTypes: ['matrix.never'], emails: ['alerts@matrix-a.example'] }),
+  'PUT /api/v1/alerts/rules/{id}': () => ({ name: `Matrix rule ${++unique}`, eventTypes: ['matrix.never'], emails: ['alerts@matrix-a.example'] }),
   'POST /api/v1/alerts/webhooks': () => ({ url: 'https://hooks.matrix-a.example/in' }),
   'DELETE /api/v1/me/sessions': (p) => ({ password: p?.password ?? 'not-signed-in', sessionId: newId() }),
   'POST /api/v1/me/password': (p) => ({ currentPassword: p?.password ?? 'not-signed-in', newPassword: 'short' }),

@@ -94,6 +94,18 @@ export function alertRoutes(app: FastifyInstance, rt: Runtime): void {
     async (request, reply) => reply.code(201).send(await rt.alertAdmin.createRule(authOf(request), tenantOf(request).id, request.body as AlertRuleInput)),
   );
 
+  app.put(
+    '/alerts/rules/:id',
+    adminRoute('alerts.manage', {
+      tags,
+      summary: "Replace an alert rule's definition (the whole rule, as at creation; `enabled: false` pauses it); recorded with before and after",
+      params: IdParams,
+      body: RuleInput,
+      response: { 200: Rule, ...Problems },
+    }),
+    async (request) => rt.alertAdmin.replaceRule(authOf(request), tenantOf(request).id, (request.params as { id: string }).id, request.body as AlertRuleInput),
+  );
+
   app.delete('/alerts/rules/:id', adminRoute('alerts.manage', { tags, summary: 'Delete an alert rule', params: IdParams, response: { 204: NoContent, ...Problems } }), async (request, reply) => {
     await rt.alertAdmin.deleteRule(authOf(request), tenantOf(request).id, (request.params as { id: string }).id);
     return reply.code(204).send();
