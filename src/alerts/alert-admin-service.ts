@@ -89,6 +89,22 @@ export class AlertAdminService {
     });
   }
 
+  /** A new signing secret for an endpoint, in this answer only; recorded (without the secret). */
+  rotateWebhookSecret(auth: AuthContext, tenantId: string, id: string): Promise<WebhookEndpointView & { secret: string }> {
+    authorize(auth, 'alerts.manage');
+    return this.#storage.tenant(tenantId).transaction(async (db) => {
+      if (!isId(id)) throw new CustosError('not_found');
+      const rotated = await this.#webhooks.rotateSecret(db, tenantId, id);
+      await this.#audit.append(db, tenantId, {
+        type: 'alerts.webhook.secret.rotate',
+        outcome: 'success',
+        actor: auth,
+        resource: { type: 'webhook', id, ...(rotated.description ? { name: rotated.description } : {}) },
+      });
+      return rotated;
+    });
+  }
+
   /** Deletes an endpoint; its pending deliveries fail, and rules that named it stop sending to it. */
   deleteWebhook(auth: AuthContext, tenantId: string, id: string): Promise<void> {
     authorize(auth, 'alerts.manage');

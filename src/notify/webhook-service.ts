@@ -100,6 +100,19 @@ export class WebhookService {
     return { id, url, description: input.description ?? '', enabled: true, createdAt: rfc3339(now), secret };
   }
 
+  /**
+   * Replaces an endpoint's signing secret; the new one is returned this once.
+   * Every delivery attempt from now on, pending retries included, is signed
+   * with it (the secret is read at each attempt).
+   */
+  async rotateSecret(db: Kysely<TenantDB>, tenantId: string, id: string): Promise<WebhookEndpointView & { secret: string }> {
+    const row = await db.selectFrom('webhook_endpoints').selectAll().where('id', '=', id).executeTakeFirst();
+    if (!row) throw new CustosError('not_found');
+    const secret = `whsec_${randomToken(32)}`;
+    await this.#secrets.put(db, tenantId, SECRET_PURPOSE, id, secret);
+    return { id, url: row.url, description: row.description, enabled: row.enabled === 1, createdAt: rfc3339(row.created_at), secret };
+  }
+
   async listEndpoints(db: Kysely<TenantDB>): Promise<WebhookEndpointView[]> {
     const rows = await db.selectFrom('webhook_endpoints').selectAll().orderBy('created_at').execute();
     return rows.map((r) => ({ id: r.id, url: r.url, description: r.description, enabled: r.enabled === 1, createdAt: rfc3339(r.created_at) }));

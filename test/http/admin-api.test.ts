@@ -499,6 +499,16 @@ describeEachStorage('tenant admin API', (kind) => {
         const firings = (await asAdmin('GET', `/alerts/rules/${rule.json().id}/firings`)).json().firings;
         expect(firings).toHaveLength(1);
 
+        const rotated = await asAdmin('POST', `/alerts/webhooks/${hook.id}/rotate-secret`);
+        expect(rotated.statusCode, rotated.body).toBe(200);
+        expect(rotated.json()).toMatchObject({ id: hook.id, url: hook.url, description: 'SIEM' });
+        expect(rotated.json().secret).toMatch(/^whsec_/);
+        expect(rotated.json().secret).not.toBe(hook.secret);
+        const rotation = (await types()).find((e) => e.type === 'alerts.webhook.secret.rotate')!;
+        expect(rotation.resource).toMatchObject({ type: 'webhook', id: hook.id });
+        expect(JSON.stringify(rotation)).not.toContain(rotated.json().secret);
+        expectProblem(await asAdmin('POST', `/alerts/webhooks/${newId()}/rotate-secret`), 404, 'not_found');
+
         expect((await asAdmin('DELETE', `/alerts/rules/${rule.json().id}`)).statusCode).toBe(204);
         expectProblem(await asAdmin('GET', `/alerts/rules/${rule.json().id}`), 404, 'not_found');
         expect((await asAdmin('DELETE', `/alerts/webhooks/${hook.id}`)).statusCode).toBe(204);
@@ -554,6 +564,7 @@ describeEachStorage('tenant admin API', (kind) => {
       const dd = await userWith('director', ['data-director']);
       expectProblem(await call(dd, 'GET', '/alerts/rules'), 403, 'forbidden');
       expectProblem(await call(dd, 'POST', '/alerts/webhooks', { url: 'https://hooks.example.com/x' }), 403, 'forbidden');
+      expectProblem(await call(dd, 'POST', `/alerts/webhooks/${newId()}/rotate-secret`), 403, 'forbidden');
     });
   });
 
@@ -573,7 +584,7 @@ describeEachStorage('tenant admin API', (kind) => {
         expect(ok, label).toBeDefined();
         if (ok !== '204' && ok !== '202') expect(responses[ok]!.content, label).toBeDefined();
         expect(responses['403'], label).toBeDefined();
-        if (['post', 'put', 'patch'].includes(method) && !/\/(suspend|activate|unlock|password-reset|rotate|import-params|disable|enable|cancel-deletion)$/.test(path)) {
+        if (['post', 'put', 'patch'].includes(method) && !/\/(suspend|activate|unlock|password-reset|rotate|rotate-secret|import-params|disable|enable|cancel-deletion)$/.test(path)) {
           expect((op.requestBody as { content?: unknown } | undefined)?.content, label).toBeDefined();
         }
       }

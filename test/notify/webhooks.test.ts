@@ -1,6 +1,7 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/core/clock.js';
+import { newId } from '../../src/core/ids.js';
 import { WEBHOOK_RETRY_DELAYS_MS, checkWebhookUrl, signWebhook } from '../../src/notify/webhook-service.js';
 import { startWebhookReceiver } from '../helpers/webhook-receiver.js';
 import { describeEachStorage, makeRuntime, type TestRuntime, TEST_OPERATOR } from '../helpers/storage-kinds.js';
@@ -68,6 +69,30 @@ describeEachStorage('webhooks', (kind) => {
       const [delivery] = await rt.webhooks.listDeliveries(tenant);
       expect(delivery).toMatchObject({ id, state: 'delivered', attempts: 1, lastStatus: 200 });
       expect(await rt.webhooks.attempts(tenant, id)).toEqual([expect.objectContaining({ attempt: 1, status: 200, error: null })]);
+    } finally {
+      await receiver.close();
+    }
+  });
+
+  it('rotates the signing secret: a pending retry and every later delivery are signed with the new one only', async () => {
+    const receiver = await startWebhookReceiver();
+    try {
+      const ep = await rt.storage.tenant(tenant).transaction((db) => rt.webhooks.createEndpoint(db, tenant, { url: receiver.url }));
+      receiver.respondWith(500);
+      await rt.storage.tenant(tenant).transaction((db) => rt.webhooks.enqueue(db, tenant, ep.id, 'alert.fired', { rule: 'rotation' }));
+      expect(await rt.webhooks.deliverDue(tenant)).toEqual({ delivered: 0, retrying: 1, failed: 0 });
+      expect(verifySignature(receiver.received[0]!.headers['x-custos-signature'] as string, ep.secret, receiver.received[0]!.body)).toBe(true);
+
+      const rotated = await rt.storage.tenant(tenant).transaction((db) => rt.webhooks.rotateSecret(db, tenant, ep.id));
+      expect(rotated.secret).toMatch(/^whsec_[A-Za-z0-9_-]{43}$/);
+      expect(rotated.secret).not.toBe(ep.secret);
+      expect(rotated).toMatchObject({ id: ep.id, url: ep.url });
+      clock.advance(WEBHOOK_RETRY_DELAYS_MS[0] + 1000);
+      expect(await rt.webhooks.deliverDue(tenant)).toEqual({ delivered: 1, retrying: 0, failed: 0 });
+      const retry = receiver.received[1]!;
+      expect(verifySignature(retry.headers['x-custos-signature'] as string, rotated.secret, retry.body)).toBe(true);
+      expect(verifySignature(retry.headers['x-custos-signature'] as string, ep.secret, retry.body)).toBe(false);
+      await expect(rt.storage.tenant(tenant).transaction((db) => rt.webhooks.rotateSecret(db, tenant, newId()))).rejects.toMatchObject({ code: 'not_found' });
     } finally {
       await receiver.close();
     }

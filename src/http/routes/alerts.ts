@@ -132,6 +132,17 @@ export function alertRoutes(app: FastifyInstance, rt: Runtime): void {
     async (request, reply) => reply.code(201).send(await rt.alertAdmin.createWebhook(authOf(request), tenantOf(request).id, request.body as { url: string; description?: string })),
   );
 
+  app.post(
+    '/alerts/webhooks/:id/rotate-secret',
+    adminRoute('alerts.manage', {
+      tags,
+      summary: "Replace a webhook endpoint's signing secret; the answer holds the new secret, once. Every delivery attempt from now on, pending retries included, is signed with it",
+      params: IdParams,
+      response: { 200: NewWebhook, ...Problems },
+    }),
+    async (request) => rt.alertAdmin.rotateWebhookSecret(authOf(request), tenantOf(request).id, (request.params as { id: string }).id),
+  );
+
   app.delete('/alerts/webhooks/:id', adminRoute('alerts.manage', { tags, summary: 'Delete a webhook endpoint; its pending deliveries fail', params: IdParams, response: { 204: NoContent, ...Problems } }), async (request, reply) => {
     await rt.alertAdmin.deleteWebhook(authOf(request), tenantOf(request).id, (request.params as { id: string }).id);
     return reply.code(204).send();
