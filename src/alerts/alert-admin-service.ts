@@ -90,7 +90,7 @@ export class AlertAdminService {
   }
 
   /** A new signing secret for an endpoint, in this answer only; recorded (without the secret). */
-  rotateWebhookSecret(auth: AuthContext, tenantId: string, id: string): Promise<WebhookEndpointView & { secret: string }> {
+  rotateWebhookSecret(auth: AuthContext, tenantId: string, id: string): Promise<WebhookEndpointView & { secret: string; previousSecretValidUntil: string }> {
     authorize(auth, 'alerts.manage');
     return this.#storage.tenant(tenantId).transaction(async (db) => {
       if (!isId(id)) throw new CustosError('not_found');
@@ -100,6 +100,7 @@ export class AlertAdminService {
         outcome: 'success',
         actor: auth,
         resource: { type: 'webhook', id, ...(rotated.description ? { name: rotated.description } : {}) },
+        details: { previousSecretValidUntil: rotated.previousSecretValidUntil },
       });
       return rotated;
     });

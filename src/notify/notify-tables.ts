@@ -24,6 +24,8 @@ export interface WebhookEndpointsTable {
   description: string;
   enabled: number;
   created_at: number;
+  /** After a rotation: until when deliveries also carry a signature under the previous secret. */
+  previous_secret_until: number | null;
 }
 
 export type DeliveryState = 'pending' | 'delivered' | 'failed';

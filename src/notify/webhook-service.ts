@@ -16,8 +16,15 @@ export const WEBHOOK_TIMEOUT_MS = 10_000;
 const CLAIM_MS = 2 * WEBHOOK_TIMEOUT_MS;
 const BATCH = 50;
 const SECRET_PURPOSE = 'webhook-signing';
+const PREVIOUS_SECRET_PURPOSE = 'webhook-signing-previous';
+/** After a rotation, deliveries carry a second signature under the previous secret for this long. */
+export const WEBHOOK_SECRET_OVERLAP_MS = 24 * 3600_000;
 
-/** Header carrying the signature: `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`. */
+/**
+ * Header carrying the signature: `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`;
+ * for a day after a secret rotation a second `v1=` under the previous secret
+ * follows, so a receiver accepts a delivery if any `v1` matches its secret.
+ */
 export const SIGNATURE_HEADER = 'x-custos-signature';
 
 /**
@@ -25,9 +32,9 @@ export const SIGNATURE_HEADER = 'x-custos-signature';
  * over `timestamp "." body`, so a receiver can check authenticity and refuse
  * replays older than its tolerance.
  */
-export function signWebhook(secret: string, timestampSeconds: number, body: string): string {
-  const mac = createHmac('sha256', secret).update(`${timestampSeconds}.${body}`, 'utf8').digest('hex');
-  return `t=${timestampSeconds},v1=${mac}`;
+export function signWebhook(secret: string, timestampSeconds: number, body: string, previousSecret?: string): string {
+  const mac = (key: string) => createHmac('sha256', key).update(`${timestampSeconds}.${body}`, 'utf8').digest('hex');
+  return `t=${timestampSeconds},v1=${mac(secret)}${previousSecret === undefined ? '' : `,v1=${mac(previousSecret)}`}`;
 }
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', '[::1]', 'localhost']);
@@ -95,7 +102,7 @@ export class WebhookService {
     const now = this.#clock.now();
     const id = newId(now);
     const secret = `whsec_${randomToken(32)}`;
-    await db.insertInto('webhook_endpoints').values({ id, url, description: (input.description ?? '').slice(0, 200), enabled: 1, created_at: now }).execute();
+    await db.insertInto('webhook_endpoints').values({ id, url, description: (input.description ?? '').slice(0, 200), enabled: 1, created_at: now, previous_secret_until: null }).execute();
     await this.#secrets.put(db, tenantId, SECRET_PURPOSE, id, secret);
     return { id, url, description: input.description ?? '', enabled: true, createdAt: rfc3339(now), secret };
   }
@@ -103,14 +110,20 @@ export class WebhookService {
   /**
    * Replaces an endpoint's signing secret; the new one is returned this once.
    * Every delivery attempt from now on, pending retries included, is signed
-   * with it (the secret is read at each attempt).
+   * with it, and for {@link WEBHOOK_SECRET_OVERLAP_MS} also with the previous
+   * secret, so receivers can switch without losing deliveries. Rotating
+   * again within that day drops the oldest secret.
    */
-  async rotateSecret(db: Kysely<TenantDB>, tenantId: string, id: string): Promise<WebhookEndpointView & { secret: string }> {
+  async rotateSecret(db: Kysely<TenantDB>, tenantId: string, id: string): Promise<WebhookEndpointView & { secret: string; previousSecretValidUntil: string }> {
     const row = await db.selectFrom('webhook_endpoints').selectAll().where('id', '=', id).executeTakeFirst();
     if (!row) throw new CustosError('not_found');
+    const previous = await this.#secrets.get(db, tenantId, SECRET_PURPOSE, id);
     const secret = `whsec_${randomToken(32)}`;
+    const until = this.#clock.now() + WEBHOOK_SECRET_OVERLAP_MS;
+    await this.#secrets.put(db, tenantId, PREVIOUS_SECRET_PURPOSE, id, previous);
     await this.#secrets.put(db, tenantId, SECRET_PURPOSE, id, secret);
-    return { id, url: row.url, description: row.description, enabled: row.enabled === 1, createdAt: rfc3339(row.created_at), secret };
+    await db.updateTable('webhook_endpoints').set({ previous_secret_until: until }).where('id', '=', id).execute();
+    return { id, url: row.url, description: row.description, enabled: row.enabled === 1, createdAt: rfc3339(row.created_at), secret, previousSecretValidUntil: rfc3339(until) };
   }
 
   async listEndpoints(db: Kysely<TenantDB>): Promise<WebhookEndpointView[]> {
@@ -122,6 +135,7 @@ export class WebhookService {
     const r = await db.deleteFrom('webhook_endpoints').where('id', '=', id).executeTakeFirst();
     if (Number(r.numDeletedRows) === 0) throw new CustosError('not_found');
     await this.#secrets.delete(db, SECRET_PURPOSE, id);
+    await this.#secrets.delete(db, PREVIOUS_SECRET_PURPOSE, id);
     await db.updateTable('webhook_deliveries').set({ state: 'failed', last_error: 'endpoint deleted', next_attempt_at: null }).where('endpoint_id', '=', id).where('state', '=', 'pending').execute();
   }
 
@@ -178,7 +192,7 @@ export class WebhookService {
       const due = await db
         .selectFrom('webhook_deliveries')
         .innerJoin('webhook_endpoints', 'webhook_endpoints.id', 'webhook_deliveries.endpoint_id')
-        .select(['webhook_deliveries.id', 'webhook_deliveries.payload', 'webhook_deliveries.event_type', 'webhook_deliveries.attempts', 'webhook_endpoints.url', 'webhook_endpoints.id as endpoint_id'])
+        .select(['webhook_deliveries.id', 'webhook_deliveries.payload', 'webhook_deliveries.event_type', 'webhook_deliveries.attempts', 'webhook_endpoints.url', 'webhook_endpoints.id as endpoint_id', 'webhook_endpoints.previous_secret_until'])
         .where('webhook_deliveries.state', '=', 'pending')
         .where('webhook_deliveries.next_attempt_at', '<=', now)
         .where('webhook_endpoints.enabled', '=', 1)
@@ -188,7 +202,12 @@ export class WebhookService {
       if (due.length === 0) return [];
       await db.updateTable('webhook_deliveries').set({ next_attempt_at: now + CLAIM_MS }).where('id', 'in', due.map((d) => d.id)).execute();
       const withSecrets = [];
-      for (const d of due) withSecrets.push({ ...d, secret: (await this.#secrets.get(db, tenantId, SECRET_PURPOSE, d.endpoint_id)).toString('utf8') });
+      for (const d of due) {
+        const secret = (await this.#secrets.get(db, tenantId, SECRET_PURPOSE, d.endpoint_id)).toString('utf8');
+        const overlap = d.previous_secret_until !== null && Number(d.previous_secret_until) > now;
+        const previousSecret = overlap ? (await this.#secrets.get(db, tenantId, PREVIOUS_SECRET_PURPOSE, d.endpoint_id)).toString('utf8') : undefined;
+        withSecrets.push({ ...d, secret, previousSecret });
+      }
       return withSecrets;
     });
     for (const d of claimed) {
@@ -203,7 +222,7 @@ export class WebhookService {
           headers: {
             'content-type': 'application/json',
             'user-agent': 'Custos-Webhook/1',
-            [SIGNATURE_HEADER]: signWebhook(d.secret, Math.floor(started / 1000), d.payload),
+            [SIGNATURE_HEADER]: signWebhook(d.secret, Math.floor(started / 1000), d.payload, d.previousSecret),
             'x-custos-delivery': d.id,
             'x-custos-event': d.event_type,
           },

@@ -7,11 +7,12 @@ import { startWebhookReceiver } from '../helpers/webhook-receiver.js';
 import { describeEachStorage, makeRuntime, type TestRuntime, TEST_OPERATOR } from '../helpers/storage-kinds.js';
 
 /** What a receiver does: recompute the HMAC over "t.body" and compare in constant time. */
+/** A receiver's check: `t=…` then one or more `v1=…`; accepted if any v1 matches the secret. */
 function verifySignature(header: string, secret: string, body: string): boolean {
-  const m = /^t=(\d+),v1=([0-9a-f]{64})$/.exec(header);
+  const m = /^t=(\d+)((?:,v1=[0-9a-f]{64})+)$/.exec(header);
   if (!m) return false;
   const expected = createHmac('sha256', secret).update(`${m[1]}.${body}`).digest();
-  return timingSafeEqual(expected, Buffer.from(m[2]!, 'hex'));
+  return m[2]!.split(',v1=').slice(1).some((v) => timingSafeEqual(expected, Buffer.from(v, 'hex')));
 }
 
 describe('webhook URLs and signatures', () => {
@@ -74,24 +75,43 @@ describeEachStorage('webhooks', (kind) => {
     }
   });
 
-  it('rotates the signing secret: a pending retry and every later delivery are signed with the new one only', async () => {
+  it('rotates the signing secret: a pending retry and later deliveries are signed with the new one, and for a day also with the old one', async () => {
     const receiver = await startWebhookReceiver();
     try {
       const ep = await rt.storage.tenant(tenant).transaction((db) => rt.webhooks.createEndpoint(db, tenant, { url: receiver.url }));
       receiver.respondWith(500);
       await rt.storage.tenant(tenant).transaction((db) => rt.webhooks.enqueue(db, tenant, ep.id, 'alert.fired', { rule: 'rotation' }));
       expect(await rt.webhooks.deliverDue(tenant)).toEqual({ delivered: 0, retrying: 1, failed: 0 });
-      expect(verifySignature(receiver.received[0]!.headers['x-custos-signature'] as string, ep.secret, receiver.received[0]!.body)).toBe(true);
+      const first = receiver.received[0]!.headers['x-custos-signature'] as string;
+      expect(first.match(/v1=/g)).toHaveLength(1);
+      expect(verifySignature(first, ep.secret, receiver.received[0]!.body)).toBe(true);
 
       const rotated = await rt.storage.tenant(tenant).transaction((db) => rt.webhooks.rotateSecret(db, tenant, ep.id));
       expect(rotated.secret).toMatch(/^whsec_[A-Za-z0-9_-]{43}$/);
       expect(rotated.secret).not.toBe(ep.secret);
       expect(rotated).toMatchObject({ id: ep.id, url: ep.url });
-      clock.advance(WEBHOOK_RETRY_DELAYS_MS[0] + 1000);
+      expect(Date.parse(rotated.previousSecretValidUntil)).toBe(clock.now() + 24 * 3600_000);
+      // Both secrets are kept encrypted.
+      const stored = await tx<Array<{ ciphertext: Buffer }>>((db) => db.selectFrom('tenant_secrets').select('ciphertext').execute());
+      expect(stored.some((r) => r.ciphertext.includes(Buffer.from(rotated.secret)) || r.ciphertext.includes(Buffer.from(ep.secret)))).toBe(false);
+
+      clock.advance(WEBHOOK_RETRY_DELAYS_MS[0]! + 1000);
       expect(await rt.webhooks.deliverDue(tenant)).toEqual({ delivered: 1, retrying: 0, failed: 0 });
       const retry = receiver.received[1]!;
-      expect(verifySignature(retry.headers['x-custos-signature'] as string, rotated.secret, retry.body)).toBe(true);
-      expect(verifySignature(retry.headers['x-custos-signature'] as string, ep.secret, retry.body)).toBe(false);
+      const header = retry.headers['x-custos-signature'] as string;
+      expect(header.match(/v1=/g)).toHaveLength(2);
+      expect(verifySignature(header, rotated.secret, retry.body)).toBe(true);
+      expect(verifySignature(header, ep.secret, retry.body)).toBe(true);
+      expect(verifySignature(header, 'whsec_neither', retry.body)).toBe(false);
+
+      // A day later the old secret signs nothing.
+      clock.advance(24 * 3600_000);
+      await rt.storage.tenant(tenant).transaction((db) => rt.webhooks.enqueue(db, tenant, ep.id, 'alert.fired', { rule: 'after the overlap' }));
+      expect(await rt.webhooks.deliverDue(tenant)).toEqual({ delivered: 1, retrying: 0, failed: 0 });
+      const later = receiver.received[2]!;
+      expect((later.headers['x-custos-signature'] as string).match(/v1=/g)).toHaveLength(1);
+      expect(verifySignature(later.headers['x-custos-signature'] as string, rotated.secret, later.body)).toBe(true);
+      expect(verifySignature(later.headers['x-custos-signature'] as string, ep.secret, later.body)).toBe(false);
       await expect(rt.storage.tenant(tenant).transaction((db) => rt.webhooks.rotateSecret(db, tenant, newId()))).rejects.toMatchObject({ code: 'not_found' });
     } finally {
       await receiver.close();

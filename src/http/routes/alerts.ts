@@ -136,9 +136,9 @@ export function alertRoutes(app: FastifyInstance, rt: Runtime): void {
     '/alerts/webhooks/:id/rotate-secret',
     adminRoute('alerts.manage', {
       tags,
-      summary: "Replace a webhook endpoint's signing secret; the answer holds the new secret, once. Every delivery attempt from now on, pending retries included, is signed with it",
+      summary: "Replace a webhook endpoint's signing secret; the answer holds the new secret, once. Every delivery attempt from now on, pending retries included, is signed with it and, for 24 hours, also with the previous one (a second `v1=` in X-Custos-Signature)",
       params: IdParams,
-      response: { 200: NewWebhook, ...Problems },
+      response: { 200: Type.Object({ ...NewWebhook.properties, previousSecretValidUntil: Type.String({ description: 'Until when deliveries also carry a signature under the previous secret' }) }, { additionalProperties: false }), ...Problems },
     }),
     async (request) => rt.alertAdmin.rotateWebhookSecret(authOf(request), tenantOf(request).id, (request.params as { id: string }).id),
   );
