@@ -95,7 +95,7 @@ describeEachStorage('webhooks', (kind) => {
       const stored = await tx<Array<{ ciphertext: Buffer }>>((db) => db.selectFrom('tenant_secrets').select('ciphertext').execute());
       expect(stored.some((r) => r.ciphertext.includes(Buffer.from(rotated.secret)) || r.ciphertext.includes(Buffer.from(ep.secret)))).toBe(false);
 
-      clock.advance(WEBHOOK_RETRY_DELAYS_MS[0]! + 1000);
+      clock.advance(WEBHOOK_RETRY_DELAYS_MS[0] + 1000);
       expect(await rt.webhooks.deliverDue(tenant)).toEqual({ delivered: 1, retrying: 0, failed: 0 });
       const retry = receiver.received[1]!;
       const header = retry.headers['x-custos-signature'] as string;
