@@ -104,7 +104,7 @@ export async function openRuntime(config: Config, opts: OpenRuntimeOptions): Pro
     const users = new UserService({ storage, clock, audit, mail, sessions, login, mfa });
     const account = new AccountService({ storage, audit, mfa, sessions });
     const lists = new ListService({ storage, clock, keys, audit });
-    const records = new RecordService({ storage, clock, keys, audit, lists });
+    const records = new RecordService({ storage, clock, keys, audit, lists, logger: opts.logger });
     const roles = new RoleService({ storage, clock, audit, settings: securitySettings });
     const orgs = new OrgService({ storage, clock, audit });
     const securityAdmin = new SecuritySettingsService({ storage, audit, settings: securitySettings });

@@ -56,6 +56,13 @@ export interface Storage {
    */
   rekeyTenantRoles(db: Kysely<ControlDB>, tenantIds: readonly string[], password: (tenantId: string) => string): Promise<void>;
   locateTenantStore(tenantId: string): TenantStoreLocation;
+  /**
+   * Refreshes the query planner's statistics of some of a tenant's tables
+   * after bulk writes (PostgreSQL `ANALYZE`, run by the service account: the
+   * tenant role owns no tables). A no-op on SQLite, whose planner does not
+   * need them for Custos's queries.
+   */
+  refreshStatistics(tenantId: string, tables: readonly string[]): Promise<void>;
   /** Checks the backend answers (for /readyz). */
   ping(): Promise<void>;
   close(): Promise<void>;

@@ -237,6 +237,14 @@ export class PostgresStorage implements Storage {
     return { kind: 'postgres', ...tenantIdentifiers(tenantId) };
   }
 
+  async refreshStatistics(tenantId: string, tables: readonly string[]): Promise<void> {
+    const { schema } = tenantIdentifiers(tenantId);
+    for (const table of tables) {
+      if (!/^[a-z_]+$/.test(table)) throw new TypeError('not a table name');
+      await sql`ANALYZE ${sql.id(schema, table)}`.execute(this.#root);
+    }
+  }
+
   async ping(): Promise<void> {
     await sql`SELECT 1`.execute(this.#root);
   }

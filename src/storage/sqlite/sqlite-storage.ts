@@ -159,6 +159,8 @@ export class SqliteStorage implements Storage {
     return Promise.resolve(existsSync(this.#tenantFile(tenantId)));
   }
 
+  async refreshStatistics(): Promise<void> {}
+
   locateTenantStore(tenantId: string): TenantStoreLocation {
     return { kind: 'sqlite', file: this.#tenantFile(tenantId) };
   }
