@@ -10,7 +10,7 @@
 //    Verification of the PostgreSQL chain written by workload 1 is printed too.
 //
 // Usage: npm run bench -- audit   (PostgreSQL runs when TEST_POSTGRES_URL, or the default test URL, answers.)
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
@@ -23,6 +23,7 @@ import { loadConfig } from '../dist/core/config.js';
 import { createLogger } from '../dist/core/logger.js';
 import { initDataDir } from '../dist/ops/init.js';
 import { openRuntime } from '../dist/runtime.js';
+import { postgresReachable, postgresUrl, removeDeployment } from './http-deployment.js';
 import { fmt, machine, report } from './lib.js';
 
 const PRODUCERS = 64;
@@ -64,17 +65,9 @@ async function deployment(kind) {
     rt,
     tenant,
     async close() {
+      await rt.storage.dropTenantStore(tenant);
       await rt.close();
-      if (schema) {
-        const c = new pg.Client({ connectionString: postgresUrl });
-        await c.connect();
-        await c.query(`DROP SCHEMA IF EXISTS "t_${tenant}" CASCADE`);
-        await c.query(`DROP OWNED BY "custos_t_${tenant}"`).catch(() => undefined);
-        await c.query(`DROP ROLE IF EXISTS "custos_t_${tenant}"`);
-        await c.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
-        await c.end();
-      }
-      rmSync(dataDir, { recursive: true, force: true });
+      await removeDeployment(schema, dataDir);
     },
   };
 }
@@ -231,17 +224,6 @@ async function verifyBench() {
   }
 }
 
-const postgresUrl = process.env.TEST_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
-async function postgresAvailable() {
-  const c = new pg.Client({ connectionString: postgresUrl, connectionTimeoutMillis: 2000 });
-  try {
-    await c.connect();
-    await c.end();
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 console.log(machine());
 // Verification first: the append runs leave the machine busy for a while (SQLite and PostgreSQL write back).
@@ -249,7 +231,7 @@ const verify = await verifyBench();
 const results = [];
 if (!process.env.BENCH_VERIFY_ONLY) {
   results.push(await appendBench('sqlite'));
-  if (await postgresAvailable()) results.push(await appendBench('postgres'));
+  if (await postgresReachable()) results.push(await appendBench('postgres'));
   else console.log('PostgreSQL not reachable: its append benchmark is skipped');
 }
 const failed = results.some((r) => r.ratio < 0.5) || verify.all < 1_000_000;

@@ -71,19 +71,26 @@ export async function httpDeployment(kind, { apiUsers = 1, password = 'Bench-Pas
     certFile: loaded.config.tlsCert,
     keyFile: loaded.config.tlsKey,
     async close() {
+      await rt.storage.dropTenantStore(tenant.id);
       await server.stop();
-      if (schema) {
-        const c = new pg.Client({ connectionString: postgresUrl });
-        await c.connect();
-        await c.query(`DROP SCHEMA IF EXISTS "t_${tenant.id}" CASCADE`);
-        await c.query(`DROP OWNED BY "custos_t_${tenant.id}"`).catch(() => undefined);
-        await c.query(`DROP ROLE IF EXISTS "custos_t_${tenant.id}"`);
-        await c.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
-        await c.end();
-      }
-      rmSync(dataDir, { recursive: true, force: true });
+      await removeDeployment(schema, dataDir);
     },
   };
+}
+
+/**
+ * Removes what a bench deployment leaves once its runtime is closed and its
+ * tenant stores dropped (`rt.storage.dropTenantStore`): the control schema on
+ * PostgreSQL, and the data directory.
+ */
+export async function removeDeployment(schema, dataDir) {
+  if (schema) {
+    const c = new pg.Client({ connectionString: postgresUrl });
+    await c.connect();
+    await c.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+    await c.end();
+  }
+  rmSync(dataDir, { recursive: true, force: true });
 }
 
 /** Runs the load generator (bench/https-client.js) in its own process; resolves with its result line. */

@@ -149,7 +149,7 @@ export class ListService {
    * the tenant's schema and the list id; released at commit or rollback.
    */
   async lockForWrite(db: Kysely<TenantDB>, listId: string): Promise<void> {
-    if (this.#storage.adapter.kind !== 'postgres') return;
+    if (!this.#storage.adapter.concurrentWriters) return;
     await sql`select pg_advisory_xact_lock(hashtext(current_schema()), hashtext(${listId}))`.execute(db);
   }
 

@@ -100,8 +100,8 @@ interface Group {
   key: string;
   lines: number[];
   values: Map<string, unknown>;
-  /** The match key's value, as targets are looked up. */
-  match: Map<string, unknown>;
+  /** The match key's value as given (the key its targets are looked up by). */
+  match: unknown;
   presetHashes?: { sha256?: string; md5?: string };
   encoded?: ReturnType<typeof encodeRecord>;
 }
@@ -319,18 +319,17 @@ export class RecordService {
     return rows.map((r) => r.row.id);
   }
 
-  async #targets(db: Kysely<TenantDB>, keys: ObjectKeys, listKey: number, matchKey: MatchKey, values: Array<Map<string, unknown>>): Promise<Map<string, Row>> {
-    const keyOf = (v: Map<string, unknown>) => matchValue(keys, matchKey, v.get(matchKey));
+  async #targets(db: Kysely<TenantDB>, keys: ObjectKeys, listKey: number, matchKey: MatchKey, matches: unknown[]): Promise<Map<string, Row>> {
+    const keyOf = (raw: unknown) => matchValue(keys, matchKey, raw);
     const out = new Map<string, Row>();
     if (matchKey === CUSTOMER_ID) {
-      for (const part of chunks([...new Set(values.map(keyOf))], CHUNK)) {
+      for (const part of chunks([...new Set(matches.map(keyOf))], CHUNK)) {
         for (const row of await db.selectFrom('records').selectAll().where('list_key', '=', listKey).where('customer_id', 'in', part).execute()) out.set(row.customer_id!, row);
       }
       return out;
     }
     // oHash keys, and emails through the SHA-256 oHash of their normalised form: candidates by the 48-bit key, confirmed on the full value.
-    const lookups = values.map((v) => {
-      const raw = v.get(matchKey);
+    const lookups = matches.map((raw) => {
       const hash = matchKey === EMAIL ? ohashes(String(raw)).sha256 : String(raw);
       return lookupKey(hash);
     });
@@ -430,10 +429,11 @@ export class RecordService {
    * the planner sorts the whole list for every page (seen: 0.2 s per
    * 1,000-record page at 200,000 records). After enough new rows (10,000, or
    * a fifth of the rows at the last refresh) the statistics are refreshed in
-   * the background; autovacuum does the same eventually, when it is on.
+   * the background (a no-op where the storage has no statistics to refresh);
+   * autovacuum does the same eventually, when it is on.
    */
   #afterBulkInsert(tenantId: string, inserted: number): void {
-    if (inserted === 0 || this.#adapter.kind !== 'postgres') return;
+    if (inserted === 0) return;
     const s = this.#insertedSinceStats.get(tenantId) ?? { rows: 0, atLastRefresh: 0, running: false };
     this.#insertedSinceStats.set(tenantId, s);
     s.rows += inserted;
@@ -472,7 +472,7 @@ export class RecordService {
         for (const [name, value] of v) earlier.values.set(name, value);
         earlier.lines.push(first + i);
       } else {
-        groups.set(key, { key, lines: [first + i], values: v, match: new Map([[matchKey, v.get(matchKey)]]) });
+        groups.set(key, { key, lines: [first + i], values: v, match: v.get(matchKey) });
       }
     }
     for (const g of groups.values()) {

@@ -4,6 +4,7 @@ import { rfc3339 } from '../core/clock.js';
 import { CustosError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import type { Source } from '../core/principal.js';
+import type { StorageAdapter } from '../storage/adapter.js';
 import type { TenantDB, UsersTable } from '../storage/schema.js';
 import type { Storage } from '../storage/storage.js';
 import type { AuthContext } from './authorize.js';
@@ -71,8 +72,8 @@ export async function reachableOrgs(db: Kysely<TenantDB>, userId: string): Promi
  * SQLite the same data through joins costs ~25 µs against ~5 µs this way;
  * on PostgreSQL it is one round trip either way.)
  */
-function authQuery(db: Kysely<TenantDB>, hash: Buffer, dialect: 'sqlite' | 'postgres') {
-  const roles = dialect === 'postgres' ? sql<unknown>`(select json_agg(role) from user_roles where user_id = s.user_id)` : sql<unknown>`(select json_group_array(role) from user_roles where user_id = s.user_id)`;
+function authQuery(db: Kysely<TenantDB>, hash: Buffer, adapter: StorageAdapter) {
+  const roles = sql<unknown>`(select ${sql.raw(adapter.jsonArrayAgg('role'))} from user_roles where user_id = s.user_id)`;
   return db
     .selectFrom('sessions as s')
     .select((eb) => [
@@ -158,7 +159,7 @@ export class SessionService {
     const store = this.#storage.tenant(tenantId);
     const result = await store.read(async (db): Promise<{ expired: true } | (AuthContext & { expired: false; touch: boolean; csrfHash: Buffer | null })> => {
       // One statement per request: compiled once (the SQL is the same for every tenant of this storage), run with this hash.
-      this.#authQuery ??= authQuery(db, Buffer.alloc(32), this.#storage.adapter.kind).compile();
+      this.#authQuery ??= authQuery(db, Buffer.alloc(32), this.#storage.adapter).compile();
       const row = (await db.executeQuery<AuthRow>({ ...this.#authQuery, parameters: [hash] })).rows[0];
       const wantKind: 'console' | 'api' = via === 'session' ? 'console' : 'api';
       if (!row || row.username === null || row.kind !== wantKind || row.user_kind !== wantKind || row.status !== 'active') throw new CustosError('authentication_required');

@@ -14,6 +14,8 @@ export interface StorageAdapter {
   jsonMemberText(column: string, key: string): string;
   /** The parameter to compare `jsonMemberText` with for a JSON scalar (SQLite compares typed values, PostgreSQL text). */
   jsonMemberParam(value: string | number | boolean): string | number;
+  /** SQL aggregate of a column's values as a JSON array (`json_group_array` / `json_agg`; PostgreSQL gives null for no rows); `column` must be a safe identifier. */
+  jsonArrayAgg(column: string): string;
 }
 
 const SAFE = /^[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63})?$/;
@@ -29,6 +31,7 @@ export const sqliteAdapter: StorageAdapter = Object.freeze({
   concurrentWriters: false,
   jsonMemberText: (column: string, key: string) => `json_extract(${safe(column)}, '$.${safe(key)}')`,
   jsonMemberParam: (value: string | number | boolean) => (typeof value === 'boolean' ? (value ? 1 : 0) : value),
+  jsonArrayAgg: (column: string) => `json_group_array(${safe(column)})`,
 });
 
 export const postgresAdapter: StorageAdapter = Object.freeze({
@@ -38,4 +41,5 @@ export const postgresAdapter: StorageAdapter = Object.freeze({
   concurrentWriters: true,
   jsonMemberText: (column: string, key: string) => `(${safe(column)}::jsonb ->> '${safe(key)}')`,
   jsonMemberParam: (value: string | number | boolean) => (typeof value === 'string' ? value : JSON.stringify(value)),
+  jsonArrayAgg: (column: string) => `json_agg(${safe(column)})`,
 });
