@@ -83,6 +83,23 @@ export class ObjectKeys {
     this.#aadPrefix = `custos/field/v1\u0000${checkPart(tenantId)}\u0000${checkPart(objectType)}\u0000${checkPart(objectId)}\u0000`;
   }
 
+  /**
+   * The key material, to rebuild these keys in a worker thread of this
+   * process ({@link ObjectKeys.fromTransfer}); it never leaves the process.
+   */
+  toTransfer(): ObjectKeysTransfer {
+    return { tenantId: this.tenantId, objectType: this.objectType, objectId: this.objectId, active: this.active.generation, keys: [...this.#byGeneration.values()] };
+  }
+
+  static fromTransfer(t: ObjectKeysTransfer): ObjectKeys {
+    // Buffers arrive from another thread as plain Uint8Arrays.
+    const buf = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+    const all = t.keys.map((k) => ({ generation: k.generation, dek: buf(k.dek), indexKey: buf(k.indexKey) }));
+    const active = all.find((k) => k.generation === t.active);
+    if (!active) throw new TypeError('the active generation is missing from the transferred keys');
+    return new ObjectKeys(t.tenantId, t.objectType, t.objectId, active, all);
+  }
+
   #aad(header: Buffer, recordId: string, field: string): Buffer {
     return Buffer.concat([header, Buffer.from(`${this.#aadPrefix}${checkPart(recordId)}\u0000${checkPart(field)}`, 'utf8')]);
   }
@@ -131,6 +148,15 @@ export class ObjectKeys {
   blindIndex(field: string, value: string): Buffer {
     return createHmac('sha256', objectsOf(this.active).index).update(`${checkPart(field)}\u0000${value}`, 'utf8').digest();
   }
+}
+
+/** {@link ObjectKeys} as it crosses to a worker thread (structured clone). */
+export interface ObjectKeysTransfer {
+  readonly tenantId: string;
+  readonly objectType: string;
+  readonly objectId: string;
+  readonly active: number;
+  readonly keys: ReadonlyArray<{ readonly generation: number; readonly dek: Uint8Array; readonly indexKey: Uint8Array }>;
 }
 
 /** The data-key generation a field ciphertext names, without decrypting it. */

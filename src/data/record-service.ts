@@ -16,8 +16,10 @@ import type { RecordsTable } from './data-tables.js';
 import { CUSTOMER_ID, EMAIL, MATCH_KEYS, MD5, MOBILE, SHA256, checkValue, type MatchKey } from './fields.js';
 import type { ListService, LoadedList } from './list-service.js';
 import { ohashes } from './ohash.js';
-import { LIST_OBJECT, decodeFields, decodeRecord, encodeRecord, indexValue, lookupKey, normaliseForMatch, openProtected, sealProtected } from './record-codec.js';
+import { LIST_OBJECT, decodeRecord, encodeRecord, indexValue, lookupKey, normaliseForMatch, openProtected, sealProtected } from './record-codec.js';
 import { redact } from './redaction.js';
+import { csvHeader, type ExportPage, type ExportShape } from './export-format.js';
+import { ExportRenderer } from './export-renderer.js';
 
 export interface RecordView {
   id: string;
@@ -123,9 +125,12 @@ export class RecordService {
   readonly #adapter: StorageAdapter;
 
   readonly #log: Logger | undefined;
+  readonly #renderer: ExportRenderer;
 
-  constructor(deps: { storage: Storage; clock: Clock; keys: KeyService; audit: AuditService; lists: ListService; logger?: Logger }) {
+  /** `renderer`: where export pages are rendered (default: in this thread). */
+  constructor(deps: { storage: Storage; clock: Clock; keys: KeyService; audit: AuditService; lists: ListService; logger?: Logger; renderer?: ExportRenderer }) {
     this.#log = deps.logger;
+    this.#renderer = deps.renderer ?? new ExportRenderer({ threads: 0 });
     this.#storage = deps.storage;
     this.#clock = deps.clock;
     this.#keys = deps.keys;
@@ -640,54 +645,68 @@ export class RecordService {
     return { count, lines: this.#lines(auth, tenantId, list, format, fields), fields };
   }
 
-  /** Export lines, a page of 1,000 records per transaction. */
+  /**
+   * Export lines, a page of 1,000 records per read transaction. Pages are
+   * rendered (decrypted, redacted, formatted) by the export renderer's
+   * worker threads while this thread reads the next pages and writes the
+   * finished ones: up to one page per thread plus one in flight, so memory
+   * stays constant and lines keep their order.
+   */
   async *#lines(auth: AuthContext, tenantId: string, list: LoadedList, format: 'csv' | 'jsonl', fields: string[]): AsyncIterable<string> {
-    if (format === 'csv') yield `${fields.map(csvCell).join(',')}\r\n`;
-    const clear = can(auth, 'data.pii.view');
-    const defs = fields.map((name) => list.fields.find((f) => f.name === name)!);
+    if (format === 'csv') yield csvHeader(fields);
+    const shape: ExportShape = { defs: fields.map((name) => list.fields.find((f) => f.name === name)!), clear: can(auth, 'data.pii.view'), format };
+    const store = this.#storage.tenant(tenantId);
+    const depth = this.#renderer.threads + 1;
+    const queue: Array<Promise<string>> = [];
     let cursor = '';
+    let done = false;
     for (;;) {
-      // Only the columns a line needs (no blind indexes or lookup keys), straight from values to text.
-      const chunk = await this.#storage.tenant(tenantId).read(async (db) => {
-        const rows = await db
-          .selectFrom('records')
-          .select(['id', 'plain', 'protected', 'email_sha256', 'email_md5'])
-          .where('list_key', '=', list.row.key)
-          .where('id', '>', cursor)
-          .orderBy('id')
-          .limit(PAGE)
-          .execute();
-        if (rows.length === 0) return null;
-        // Decrypts with cached keys; on a generation the cache does not know yet, once more with fresh keys.
-        const render = (keys: ObjectKeys): string => {
-          let out = '';
-          for (const row of rows) {
-            const values = decodeFields(keys, defs, row);
-            if (!clear) for (let j = 0; j < defs.length; j++) values[j] = redact(defs[j]!, values[j]);
-            if (format === 'csv') {
-              let line = csvCell(values[0]);
-              for (let j = 1; j < values.length; j++) line += `,${csvCell(values[j])}`;
-              out += `${line}\r\n`;
-            } else {
-              const obj: Record<string, unknown> = { id: row.id };
-              for (let j = 0; j < defs.length; j++) obj[defs[j]!.name] = values[j];
-              out += `${JSON.stringify(obj)}\n`;
-            }
+      while (!done && queue.length < depth) {
+        // Only the columns a line needs (no blind indexes or lookup keys).
+        const read = await store.read(async (db) => {
+          const rows = await db
+            .selectFrom('records')
+            .select(['id', 'plain', 'protected', 'email_sha256', 'email_md5'])
+            .where('list_key', '=', list.row.key)
+            .where('id', '>', cursor)
+            .orderBy('id')
+            .limit(PAGE)
+            .execute();
+          if (rows.length === 0) return null;
+          const page: ExportPage = { ids: [], plain: [], protected: [], sha256: [], md5: [] };
+          for (const r of rows) {
+            page.ids.push(r.id);
+            page.plain.push(r.plain);
+            page.protected.push(r.protected);
+            page.sha256.push(r.email_sha256);
+            page.md5.push(r.email_md5);
           }
-          return out;
-        };
-        let out: string;
-        try {
-          out = render(await this.#keys.objectKeysForRead(db, tenantId, LIST_OBJECT, list.row.id));
-        } catch (err) {
-          if ((err as CustosError).code !== 'decryption_failed') throw err;
-          out = render(await this.#keys.objectKeysForRead(db, tenantId, LIST_OBJECT, list.row.id, { fresh: true }));
+          return { page, keys: await this.#keys.objectKeysForRead(db, tenantId, LIST_OBJECT, list.row.id) };
+        });
+        if (read === null) {
+          done = true;
+          break;
         }
-        cursor = rows.at(-1)!.id;
-        return out;
-      });
-      if (chunk === null) return;
-      yield chunk;
+        cursor = read.page.ids.at(-1)!;
+        const rendered = this.#renderPage(tenantId, list, shape, read.keys, read.page);
+        // Observed at once (an abandoned export must not leave an unhandled rejection); awaited in order below.
+        rendered.catch(() => undefined);
+        queue.push(rendered);
+      }
+      const next = queue.shift();
+      if (next === undefined) return;
+      yield await next;
+    }
+  }
+
+  /** Renders a page with cached keys; on a generation the cache does not know yet, once more with fresh keys. */
+  async #renderPage(tenantId: string, list: LoadedList, shape: ExportShape, keys: ObjectKeys, page: ExportPage): Promise<string> {
+    try {
+      return await this.#renderer.render(keys, shape, page);
+    } catch (err) {
+      if ((err as CustosError).code !== 'decryption_failed') throw err;
+      const fresh = await this.#storage.tenant(tenantId).read((db) => this.#keys.objectKeysForRead(db, tenantId, LIST_OBJECT, list.row.id, { fresh: true }));
+      return this.#renderer.render(fresh, shape, page);
     }
   }
 
@@ -740,13 +759,4 @@ function matchValue(keys: ObjectKeys, matchKey: MatchKey, value: unknown): strin
 export function batchError(errors: LineError[]): CustosError {
   const shown = errors.slice(0, 1000);
   return new CustosError('validation_failed', `${errors.length} record(s) rejected; nothing was changed`, { extensions: { errors: shown, rejected: errors.length } });
-}
-
-function csvCell(v: unknown): string {
-  if (v === null || v === undefined) return '';
-  const s = typeof v === 'string' ? v : JSON.stringify(v);
-  // Quote when needed; neutralise spreadsheet formulas (CSV injection). Numbers and phone
-  // numbers (+44 20 …, -3.5) cannot carry a formula and stay as they are, so exports re-import.
-  const safe = /^[=+\-@\t\r]/.test(s) && !/^[+-]?[0-9 ().-]+$/.test(s) ? `'${s}` : s;
-  return /[",\r\n]/.test(safe) || safe !== s ? `"${safe.replace(/"/g, '""')}"` : safe;
 }

@@ -117,10 +117,12 @@ export class LoginService {
     then: (db: Kysely<TenantDB>, user: UserRow, settings: SecuritySettings) => Promise<T>,
   ): Promise<T> {
     const store = this.#storage.tenant(tenant.id);
-    const throttleSettings = await this.#settings.get(tenant.id);
+    // Cached for at most a second (dropped at once on a change through this process): the throttle and a
+    // successful sign-in's challenges use it; the lockout of a failure reads the settings in its transaction.
+    const cachedSettings = await this.#settings.get(tenant.id);
     const { user, wait } = await store.read(async (db) => ({
       user: await db.selectFrom('users').selectAll().where('username', '=', username).executeTakeFirst(),
-      wait: await loginThrottle.waitSeconds(db, source?.ip, throttleSettings, this.#clock.now()),
+      wait: await loginThrottle.waitSeconds(db, source?.ip, cachedSettings, this.#clock.now()),
     }));
     const actor = claimant(user, username, source);
     const eventType = kind === 'console' ? 'auth.login.failure' : 'auth.token.failure';
@@ -133,7 +135,6 @@ export class LoginService {
     const now = this.#clock.now();
 
     const outcome = await store.transaction(async (db) => {
-      const settings = await this.#settings.inTx(db);
       const fail = async (reason: string) => {
         await loginThrottle.recordFailure(db, source?.ip, now);
         await this.#audit.append(db, tenant.id, { type: eventType, outcome: 'failure', code: 'invalid_credentials', actor, resource: user ? { type: 'user', id: user.id, name: user.username } : undefined, details: { reason } });
@@ -142,6 +143,8 @@ export class LoginService {
       if (!user || user.kind !== kind) return fail(user ? 'wrong_user_kind' : 'unknown_user');
       if (user.status !== 'active') return fail('suspended');
       if (!matches) {
+        // The lockout rules as of this transaction (exact); a success uses the settings read above, at most 1 s old.
+        const settings = await this.#settings.inTx(db);
         // Atomic: concurrent failures across processes each add one; exactly one crosses the threshold.
         const lockValue = settings.lockout.mode === 'admin' ? LOCKED_UNTIL_ADMIN : now + settings.lockout.durationMinutes * 60_000;
         const counted = await db
@@ -162,7 +165,7 @@ export class LoginService {
       }
       if (isLocked(user, now)) return fail('locked');
       if (user.must_change_password === 1 && user.password_expires_at !== null && user.password_expires_at <= now) return fail('temporary_password_expired');
-      return { ok: true as const, result: await then(db, user, settings) };
+      return { ok: true as const, result: await then(db, user, cachedSettings) };
     });
     if (!outcome.ok) throw new CustosError('invalid_credentials');
     return outcome.result;

@@ -8,7 +8,9 @@ import { ManualClock } from '../../src/core/clock.js';
 import { newId } from '../../src/core/ids.js';
 import { ohashes } from '../../src/data/ohash.js';
 import { LIST_OBJECT, openProtected } from '../../src/data/record-codec.js';
-import { STATS_REFRESH_ROWS } from '../../src/data/record-service.js';
+import { ExportRenderer } from '../../src/data/export-renderer.js';
+import { parseCredential } from '../../src/iam/credentials.js';
+import { RecordService, STATS_REFRESH_ROWS } from '../../src/data/record-service.js';
 import { keyOperations } from '../../src/ops/key-operations.js';
 import { expectProblem, makeApp } from '../helpers/app.js';
 import { apiUser, consoleUser, tenantWithAdmin, type SignedIn } from '../helpers/iam.js';
@@ -24,7 +26,7 @@ describeEachStorage('lists and records', (kind) => {
   let t: { tenantId: string; name: string; admin: SignedIn };
   let viewer: SignedIn;
   let marketer: SignedIn;
-  let director: { headers: Record<string, string> };
+  let director: { headers: Record<string, string>; token: string };
   let directorConsole: SignedIn;
   let listId: string;
 
@@ -257,6 +259,31 @@ describeEachStorage('lists and records', (kind) => {
       const events = (await rt.audit.query(t.tenantId, { types: ['data.export'], limit: 10 })).events;
       expect(events.map((e) => [e.outcome, (e.details as { records: number }).records])).toEqual(expect.arrayContaining([['denied', 5001], ['success', 5001]]));
       expect(events.find((e) => e.outcome === 'success')?.details).toMatchObject({ piiClear: true });
+    });
+
+    it('renders export pages on worker threads in record order, exactly as on the main thread; an export stopped midway does not disturb the next', async () => {
+      expect(rt.config.exportThreads).toBeGreaterThan(0);
+      const auth = await rt.sessions.authenticate(t.tenantId, parseCredential(director.token)!.secret, 'token', { ip: '127.0.0.1' });
+      const collect = async (svc: RecordService, format: 'csv' | 'jsonl') => {
+        let text = '';
+        for await (const chunk of (await svc.export(auth, t.tenantId, bigList, format, { via: 'token' })).lines) text += chunk;
+        return text;
+      };
+      const inline = new RecordService({ storage: rt.storage, clock: rt.clock, keys: rt.keys, audit: rt.audit, lists: rt.lists, renderer: new ExportRenderer({ threads: 0 }) });
+      const jsonl = await collect(rt.records, 'jsonl');
+      const ids = jsonl.trimEnd().split('\n').map((l) => JSON.parse(l).id as string);
+      expect(ids).toHaveLength(5001);
+      expect([...ids].sort()).toEqual(ids);
+      expect(new Set(ids).size).toBe(5001);
+      expect(jsonl).toBe(await collect(inline, 'jsonl'));
+      expect(await collect(rt.records, 'csv')).toBe(await collect(inline, 'csv'));
+      // Stop after the first page: pages already sent to the workers finish unobserved, without an unhandled rejection.
+      const stopped = (await rt.records.export(auth, t.tenantId, bigList, 'csv', { via: 'token' })).lines[Symbol.asyncIterator]();
+      expect((await stopped.next()).value).toMatch(/^EMAIL_ADDRESS_,/);
+      expect((await stopped.next()).value).toContain('@big.example');
+      await stopped.return?.(undefined);
+      await new Promise((r) => setTimeout(r, 200));
+      expect((await collect(rt.records, 'csv')).trimEnd().split('\r\n')).toHaveLength(5002);
     });
 
     it('neutralises spreadsheet formulas and quotes CSV cells', async () => {
