@@ -119,8 +119,7 @@ export class PostgresStorage implements Storage {
     const { schema, role } = tenantIdentifiers(tenantId);
     const url = new URL(this.#opts.url);
     const pool = new pg.Pool({
-      // `?host=/run/postgresql` names a Unix-socket directory (as libpq and the control pool read it).
-      host: url.searchParams.get('host') ?? (url.hostname.replace(/^\[|\]$/g, '') || undefined),
+      host: url.hostname.replace(/^\[|\]$/g, '') || undefined,
       port: url.port ? Number(url.port) : undefined,
       database: decodeURIComponent(url.pathname.slice(1)) || undefined,
       user: role,
