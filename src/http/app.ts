@@ -1,4 +1,4 @@
-import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { TlsOptions } from 'node:tls';
 import { newUlid } from '../core/ids.js';
@@ -36,6 +36,30 @@ export interface BuildAppOptions {
 export type HttpsOptions = Pick<TlsOptions, 'cert' | 'key' | 'requestCert' | 'rejectUnauthorized'>;
 
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,64}$/;
+const PROBES = new Set(['/healthz', '/readyz', '/metrics']);
+
+/**
+ * One log line per request, when it completes — request (method, path,
+ * address, user agent), status and time together — instead of Fastify's two
+ * (arrival and completion), which cost a single-record read about a tenth of
+ * its CPU with redaction. The arrival line is still written at `debug`, for
+ * finding a request that never completes. Probes are not logged.
+ */
+class RequestLog extends LogController {
+  constructor() {
+    super({ requestIdLogLabel: 'requestId', disableRequestLogging: (req: { url: string }) => PROBES.has(req.url) });
+  }
+
+  override incomingRequest(request: FastifyRequest, reply: FastifyReply): void {
+    if (request.log.level === 'debug' || request.log.level === 'trace') super.incomingRequest(request, reply);
+  }
+
+  override requestCompleted(error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
+    if (this.isLogDisabled(request)) return;
+    if (error) reply.log.error({ req: request, res: reply, err: error, responseTime: reply.elapsedTime }, 'request errored');
+    else reply.log.info({ req: request, res: reply, responseTime: reply.elapsedTime }, 'request completed');
+  }
+}
 
 /**
  * Builds the Fastify app without listening: `serve` listens on it, tests call
@@ -53,11 +77,8 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
       const given = req.headers['x-request-id'];
       return typeof given === 'string' && REQUEST_ID.test(given) ? given : newUlid();
     },
-    // Request lines carry the request id as `requestId`; probes are not logged.
-    logController: new LogController({
-      requestIdLogLabel: 'requestId',
-      disableRequestLogging: (req) => req.url === '/healthz' || req.url === '/readyz' || req.url === '/metrics',
-    }),
+    // Request lines carry the request id as `requestId`.
+    logController: new RequestLog(),
     return503OnClosing: true,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true, allErrors: false } },
   };

@@ -12,10 +12,12 @@ export interface TenantStore {
   /** Runs `fn` in one transaction bound to this tenant. Commits when `fn` resolves, rolls back when it throws. */
   transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T>;
   /**
-   * Runs read-only `fn` without a write transaction: on SQLite a deferred
-   * (shared) transaction — one consistent snapshot, no write lock; on
-   * PostgreSQL plain statements on one of the tenant's connections, saving the
-   * BEGIN and COMMIT round trips. Writes belong in {@link transaction}.
+   * Runs read-only `fn` without a transaction: plain statements on one of the
+   * tenant's connections, each statement its own snapshot (no BEGIN and
+   * COMMIT: on PostgreSQL two round trips, on SQLite a tenth of a
+   * single-record read's CPU). `fn` must tolerate changes between its
+   * statements; reads that need one snapshot, and writes, belong in
+   * {@link transaction}.
    */
   read<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T>;
 }
