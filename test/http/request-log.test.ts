@@ -1,5 +1,5 @@
 import type { DestinationStream } from 'pino';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createLogger } from '../../src/core/logger.js';
 import { buildApp } from '../../src/http/app.js';
 import type { Runtime } from '../../src/runtime.js';

@@ -196,7 +196,12 @@ export class PostgresStorage implements Storage {
       lock: (db) => this.#advisoryLock(db, `tenant:${tenantId}`),
       now: () => this.#opts.clock.now(),
     });
-    await sql`REVOKE ALL ON ${sql.id(schema, MIGRATIONS_TABLE)} FROM ${sql.id(role)}`.execute(this.#root);
+    // Under the tenant's lock: two nodes starting at once would otherwise update the table's ACL together
+    // ("tuple concurrently updated").
+    await this.#root.transaction().execute(async (trx) => {
+      await this.#advisoryLock(trx, `tenant:${tenantId}`);
+      await sql`REVOKE ALL ON ${sql.id(schema, MIGRATIONS_TABLE)} FROM ${sql.id(role)}`.execute(trx);
+    });
     return { applied };
   }
 
