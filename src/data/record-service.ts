@@ -1,4 +1,4 @@
-import { sql, type Kysely, type Selectable, type SelectQueryBuilder } from 'kysely';
+import { sql, type CompiledQuery, type Kysely, type Selectable, type SelectQueryBuilder } from 'kysely';
 import type { AuditService } from '../audit/audit-service.js';
 import type { Clock } from '../core/clock.js';
 import { rfc3339 } from '../core/clock.js';
@@ -504,9 +504,13 @@ export class RecordService {
     });
   }
 
+  /** One record by its key, compiled once per storage (the SQL is the same for every tenant): building it cost a single-record read ~15 µs. */
+  #rowQuery: CompiledQuery<Row> | undefined;
+
   async #row(db: Kysely<TenantDB>, listKey: number, recordId: string): Promise<Row> {
     if (!isId(recordId)) throw new CustosError('not_found');
-    const row = await db.selectFrom('records').selectAll().where('list_key', '=', listKey).where('id', '=', recordId).executeTakeFirst();
+    this.#rowQuery ??= db.selectFrom('records').selectAll().where('list_key', '=', 0).where('id', '=', '').compile();
+    const row = (await db.executeQuery<Row>({ ...this.#rowQuery, parameters: [listKey, recordId] })).rows[0];
     if (!row) throw new CustosError('not_found');
     return row;
   }
