@@ -650,7 +650,7 @@ export class RecordService {
   }
 
   /**
-   * Export lines, a page of 1,000 records per read transaction. Pages are
+   * Export lines, a page of 1,000 records per read. Pages are
    * rendered (decrypted, redacted, formatted) by the export renderer's
    * worker threads while this thread reads the next pages and writes the
    * finished ones: up to one page per thread plus one in flight, so memory
