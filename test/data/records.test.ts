@@ -277,7 +277,7 @@ describeEachStorage('lists and records', (kind) => {
       expect(new Set(ids).size).toBe(5001);
       expect(jsonl).toBe(await collect(inline, 'jsonl'));
       expect(await collect(rt.records, 'csv')).toBe(await collect(inline, 'csv'));
-      // Stop after the first page: pages already sent to the workers finish unobserved, without an unhandled rejection.
+      // Stop after the first page of records: the pages already handed to the workers finish unobserved.
       const stopped = (await rt.records.export(auth, t.tenantId, bigList, 'csv', { via: 'token' })).lines[Symbol.asyncIterator]();
       expect((await stopped.next()).value).toMatch(/^EMAIL_ADDRESS_,/);
       expect((await stopped.next()).value).toContain('@big.example');
