@@ -213,6 +213,9 @@ report(`[${KIND}] import through the merge API (HTTPS, 10,000/request)`, imp.rat
 console.log(`  import target >= 50,000 records/s${KIND === 'postgres' ? ' (set for SQLite)' : ''}: ${imp.rate >= 50000 ? 'met' : 'NOT met'}`);
 
 // 2. single-record GET
+// A fresh pool: the import's connections sat idle through the baselines, and the server may close one just as it is reused.
+await pool.close();
+pool = new Pool(server.url, { connect: { ca: readFileSync(ca) } });
 const page = JSON.parse(await (await pool.request({ method: 'GET', path: `/api/v1/lists/${list.id}/records?limit=64`, headers: authHeader })).body.text());
 const requests = page.records.map((r) => ({ path: `/api/v1/lists/${list.id}/records/${r.id}`, headers: authHeader }));
 const sample = JSON.stringify(page.records[0]);
