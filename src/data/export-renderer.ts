@@ -57,15 +57,9 @@ export class ExportRenderer {
   }
 
   /** The export lines of one page. Rejects as decryption does (`decryption_failed`) for a key it does not have. */
-  render(keys: ObjectKeys, shape: ExportShape, page: ExportPage): Promise<string> {
-    if (this.#closed) return Promise.reject(new Error('the export renderer is closed'));
-    if (this.threads === 0) {
-      try {
-        return Promise.resolve(renderExportPage(keys, shape, page));
-      } catch (err) {
-        return Promise.reject(err instanceof Error ? err : new Error(String(err)));
-      }
-    }
+  async render(keys: ObjectKeys, shape: ExportShape, page: ExportPage): Promise<string> {
+    if (this.#closed) throw new Error('the export renderer is closed');
+    if (this.threads === 0) return renderExportPage(keys, shape, page);
     const slot = this.#leastBusy();
     const id = this.#nextId++;
     return new Promise<string>((resolve, reject) => {
