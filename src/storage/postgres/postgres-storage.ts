@@ -9,6 +9,7 @@ import { controlMigrations } from '../migrations/control/index.js';
 import { tenantMigrations } from '../migrations/tenant/index.js';
 import type { ControlDB, TenantDB } from '../schema.js';
 import type { MigrationReport, Storage, TenantStore, TenantStoreLocation } from '../storage.js';
+import { PreparingClient } from './preparing-client.js';
 
 const INT8_OID = 20;
 
@@ -77,7 +78,7 @@ export class PostgresStorage implements Storage {
 
   constructor(opts: PostgresStorageOptions) {
     this.#opts = opts;
-    const pool = new pg.Pool({ connectionString: opts.url, max: opts.poolSize, types, connectionTimeoutMillis: 10000 });
+    const pool = new pg.Pool({ connectionString: opts.url, max: opts.poolSize, types, connectionTimeoutMillis: 10000, Client: PreparingClient });
     pool.on('error', () => undefined); // an idle client's error; the next checkout reconnects
     this.#root = new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
     this.control = (this.#root as unknown as Kysely<ControlDB>).withSchema(opts.schema);
@@ -131,6 +132,7 @@ export class PostgresStorage implements Storage {
       idleTimeoutMillis: TENANT_IDLE_MS,
       connectionTimeoutMillis: 10000,
       types,
+      Client: PreparingClient,
     });
     pool.on('error', () => undefined);
     const db = new Kysely<TenantDB>({ dialect: new PostgresDialect({ pool }) });
