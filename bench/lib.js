@@ -1,4 +1,5 @@
 // Shared helpers for benchmarks: timing, machine description, result lines.
+import { spawnSync } from 'node:child_process';
 import { cpus, totalmem } from 'node:os';
 
 /** Runs `fn` repeatedly for about `ms` milliseconds (after a warm-up) and returns operations per second. */
@@ -38,4 +39,16 @@ export function report(name, rate, baselineName, baseline, target) {
   const verdict = target === undefined || ratio === undefined ? '' : ratio >= target ? `  (target ≥ ${Math.round(target * 100)} %: met)` : `  (target ≥ ${Math.round(target * 100)} %: NOT met)`;
   console.log(`${name}: ${fmt(rate)}/s${baseline ? ` | ${baselineName}: ${fmt(baseline)}/s | ratio ${(ratio * 100).toFixed(1)} %${verdict}` : ''}`);
   return ratio;
+}
+
+/**
+ * The HTTP load generator's script: `wrk.js` (Debian's wrk, in C) when wrk is installed, else `load.js` (undici).
+ * BENCH_LOADER=wrk|undici chooses. On two cores the generator's own CPU is taken from the server's, and load.js
+ * needs several times wrk's CPU per request, so figures from the two are not comparable: results name theirs.
+ */
+export function loadGenerator() {
+  const want = process.env.BENCH_LOADER;
+  const hasWrk = spawnSync('wrk', ['--version'], { stdio: 'ignore' }).error === undefined;
+  if (want === 'wrk' && !hasWrk) throw new Error('BENCH_LOADER=wrk but wrk is not installed (apt-get install wrk)');
+  return want === 'undici' || (!want && !hasWrk) ? { script: 'load.js', name: 'undici (load.js)' } : { script: 'wrk.js', name: 'wrk' };
 }

@@ -31,7 +31,7 @@ import { ALL_PERMISSIONS } from '../dist/iam/permissions.js';
 import { initDataDir } from '../dist/ops/init.js';
 import { openRuntime } from '../dist/runtime.js';
 import { postgresReachable, postgresUrl, removeDeployment } from './http-deployment.js';
-import { fmt, machine, report } from './lib.js';
+import { fmt, loadGenerator, machine, report } from './lib.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 if (!process.env.BENCH_STORAGE) {
@@ -219,19 +219,21 @@ pool = new Pool(server.url, { connect: { ca: readFileSync(ca) } });
 const page = JSON.parse(await (await pool.request({ method: 'GET', path: `/api/v1/lists/${list.id}/records?limit=64`, headers: authHeader })).body.text());
 const requests = page.records.map((r) => ({ path: `/api/v1/lists/${list.id}/records/${r.id}`, headers: authHeader }));
 const sample = JSON.stringify(page.records[0]);
-const get = await child('load.js', { url: server.url, ca, concurrency: 64, warmupMs: 1500, durationMs: 6000, requests });
+const loader = loadGenerator();
+console.log(`load generator: ${loader.name}`);
+const get = await child(loader.script, { url: server.url, ca, concurrency: 64, warmupMs: 1500, durationMs: 6000, requests });
 let get1;
 if (WORKERS > 1) {
   await pool.close();
   await server.stop();
   server = await serve(1);
   pool = new Pool(server.url, { connect: { ca: readFileSync(ca) } });
-  get1 = await child('load.js', { url: server.url, ca, concurrency: 64, warmupMs: 1500, durationMs: 6000, requests });
+  get1 = await child(loader.script, { url: server.url, ca, concurrency: 64, warmupMs: 1500, durationMs: 6000, requests });
 }
 const bare = Fastify({ https: { cert: readFileSync(ca), key: readFileSync(loaded.config.tlsKey) }, logger: false });
 bare.get('/record', async (_req, reply) => reply.type('application/json').send(sample));
 await bare.listen({ port: 0, host: '127.0.0.1' });
-const bareGet = await child('load.js', { url: `https://127.0.0.1:${bare.server.address().port}`, ca, concurrency: 64, warmupMs: 1500, durationMs: 6000, requests: [{ path: '/record' }] });
+const bareGet = await child(loader.script, { url: `https://127.0.0.1:${bare.server.address().port}`, ca, concurrency: 64, warmupMs: 1500, durationMs: 6000, requests: [{ path: '/record' }] });
 await bare.close();
 report(`[${KIND}] GET one record, bearer token, 64 connections, ${WORKERS} server process(es)`, get.rate, 'bare Fastify route (one process), record-sized JSON', bareGet.rate);
 console.log(`  p50 ${get.p50Ms.toFixed(1)} ms, p99 ${get.p99Ms.toFixed(1)} ms (baseline p99 ${bareGet.p99Ms.toFixed(1)} ms); statuses ${JSON.stringify(get.statuses)}`);

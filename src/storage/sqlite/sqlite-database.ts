@@ -4,20 +4,41 @@ import type { SqliteDatabase, SqliteStatement } from 'kysely';
 /** Statements kept prepared per connection; past this the oldest is dropped. */
 const STATEMENT_CACHE_SIZE = 256;
 
+/** How long SQLite itself waits for a lock another process holds, unless told otherwise. */
+export const BUSY_TIMEOUT_MS = 10_000;
+
+export interface OpenSqliteOptions {
+  readonly?: boolean;
+  fileMustExist?: boolean;
+  /**
+   * SQLite's own wait for a lock (default {@link BUSY_TIMEOUT_MS}). Its wait
+   * sleeps in the calling thread — for a server, the event loop — so
+   * connections whose waits can be made asynchronous (a tenant's write
+   * connection: see `sqliteWriteTransaction`) open with 0.
+   */
+  busyTimeoutMs?: number;
+  /** Refuse every write on this connection (`query_only`): a connection meant for reads only. */
+  queryOnly?: boolean;
+}
+
 /**
  * Opens a SQLite file with Custos's durability settings: WAL journal with
  * `synchronous=FULL` (no acknowledged commit is lost on power loss), foreign
  * keys on, and a busy timeout so a CLI command and a running server can share
  * the file.
  */
-export function openSqliteFile(file: string, options: { readonly?: boolean; fileMustExist?: boolean } = {}): Database.Database {
+export function openSqliteFile(file: string, options: OpenSqliteOptions = {}): Database.Database {
   const db = new Database(file, { readonly: options.readonly ?? false, fileMustExist: options.fileMustExist ?? false });
-  db.pragma('busy_timeout = 10000');
+  // Opening waits as usual (another process may hold a lock while this one sets the journal mode).
+  db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
   if (!options.readonly) db.pragma('journal_mode = WAL');
   db.pragma('synchronous = FULL');
   db.pragma('foreign_keys = ON');
   // Up to 32 MiB of page cache per connection (allocated as used): large lists keep their indexes in memory.
   db.pragma('cache_size = -32768');
+  if (options.queryOnly) db.pragma('query_only = ON');
+  const busy = Math.max(0, Math.floor(options.busyTimeoutMs ?? BUSY_TIMEOUT_MS));
+  if (busy !== BUSY_TIMEOUT_MS) db.pragma(`busy_timeout = ${busy}`);
   return db;
 }
 

@@ -10,7 +10,32 @@ import { controlMigrations } from '../migrations/control/index.js';
 import { tenantMigrations } from '../migrations/tenant/index.js';
 import type { ControlDB, TenantDB } from '../schema.js';
 import type { MigrationReport, Storage, TenantStore, TenantStoreLocation } from '../storage.js';
-import { cachingSqliteDatabase, openSqliteFile } from './sqlite-database.js';
+import { BUSY_TIMEOUT_MS, cachingSqliteDatabase, openSqliteFile, type OpenSqliteOptions } from './sqlite-database.js';
+
+const SQLITE_BUSY = /^SQLITE_BUSY/;
+
+/**
+ * `BEGIN IMMEDIATE`, waiting for another process's write lock without
+ * blocking the event loop: on a connection opened with a busy timeout of 0,
+ * SQLite answers `SQLITE_BUSY` at once and the wait happens here, between
+ * turns of the event loop (first at once, then 1 ms, 2 ms … up to 5 ms
+ * apart), for at most {@link BUSY_TIMEOUT_MS} in all. (SQLite's own busy
+ * handler sleeps in the calling thread: with `serve --workers`, every commit
+ * of one worker stalled the other's requests while it waited.) On a
+ * connection with a busy timeout of its own, SQLite has waited already.
+ */
+async function beginImmediate(conn: Kysely<any>): Promise<void> {
+  const deadline = performance.now() + BUSY_TIMEOUT_MS;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await sql`begin immediate`.execute(conn);
+      return;
+    } catch (err) {
+      if (!SQLITE_BUSY.test((err as { code?: string }).code ?? '') || performance.now() >= deadline) throw err;
+      await new Promise((resolve) => (attempt < 2 ? setImmediate(resolve) : setTimeout(resolve, Math.min(5, attempt - 1))));
+    }
+  }
+}
 
 /**
  * Runs `fn` in a write transaction that takes SQLite's write lock up front
@@ -20,7 +45,7 @@ import { cachingSqliteDatabase, openSqliteFile } from './sqlite-database.js';
  */
 export async function sqliteWriteTransaction<DB, T>(db: Kysely<DB>, fn: (db: Kysely<DB>) => Promise<T>): Promise<T> {
   return db.connection().execute(async (conn) => {
-    await sql`begin immediate`.execute(conn);
+    await beginImmediate(conn);
     let result: T;
     try {
       result = await fn(conn);
@@ -43,9 +68,27 @@ export async function sqlitePlainRead<DB, T>(db: Kysely<DB>, fn: (db: Kysely<DB>
   return db.connection().execute(fn);
 }
 
-function openKysely<DB>(file: string, fileMustExist: boolean): Kysely<DB> {
-  const database = cachingSqliteDatabase(openSqliteFile(file, { fileMustExist }));
+function openKysely<DB>(file: string, options: OpenSqliteOptions): Kysely<DB> {
+  const database = cachingSqliteDatabase(openSqliteFile(file, options));
   return new Kysely<DB>({ dialect: new SqliteDialect({ database }) });
+}
+
+/**
+ * A tenant's two connections in this process. WAL lets one writer and any
+ * number of readers work at once, so reads do not queue behind a write
+ * transaction of this process (Kysely holds a connection for the whole of a
+ * transaction, awaits included: a 10,000-record merge held every sign-in and
+ * `GET` of its tenant for its duration). The writer waits for other
+ * processes' write locks asynchronously (busy timeout 0, see
+ * `beginImmediate`); the reader refuses writes and is opened on first read.
+ */
+interface TenantConnections {
+  readonly writer: Kysely<TenantDB>;
+  reader: Kysely<TenantDB> | undefined;
+}
+
+async function closeConnections(c: TenantConnections): Promise<void> {
+  await Promise.all([c.writer.destroy(), c.reader?.destroy()]);
 }
 
 class SqliteTenantStore implements TenantStore {
@@ -59,7 +102,7 @@ class SqliteTenantStore implements TenantStore {
     return sqliteWriteTransaction(this.#storage.openTenant(this.tenantId), fn);
   }
   async read<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
-    return sqlitePlainRead(this.#storage.openTenant(this.tenantId), fn);
+    return sqlitePlainRead(this.#storage.tenantReader(this.tenantId), fn);
   }
 }
 
@@ -73,13 +116,13 @@ export class SqliteStorage implements Storage {
   readonly control: Kysely<ControlDB>;
   readonly #dataDir: string;
   readonly #clock: Clock;
-  readonly #tenants = new Map<string, Kysely<TenantDB>>();
+  readonly #tenants = new Map<string, TenantConnections>();
 
   constructor(dataDir: string, clock: Clock) {
     this.#dataDir = dataDir;
     this.#clock = clock;
     mkdirSync(path.join(dataDir, 'tenants'), { recursive: true, mode: 0o700 });
-    this.control = openKysely<ControlDB>(path.join(dataDir, 'control.db'), false);
+    this.control = openKysely<ControlDB>(path.join(dataDir, 'control.db'), { fileMustExist: false });
   }
 
   controlTransaction<T>(fn: (db: Kysely<ControlDB>) => Promise<T>): Promise<T> {
@@ -101,16 +144,27 @@ export class SqliteStorage implements Storage {
     return path.join(this.#dataDir, 'tenants', `${tenantId}.db`);
   }
 
-  /** The tenant's Kysely handle, opened on first use. Fails if the store does not exist. */
-  openTenant(tenantId: string): Kysely<TenantDB> {
-    let db = this.#tenants.get(tenantId);
-    if (!db) {
+  #connections(tenantId: string, fileMustExist = true): TenantConnections {
+    let c = this.#tenants.get(tenantId);
+    if (!c) {
       const file = this.#tenantFile(tenantId);
-      if (!existsSync(file)) throw new CustosError('tenant_not_found');
-      db = openKysely<TenantDB>(file, true);
-      this.#tenants.set(tenantId, db);
+      if (fileMustExist && !existsSync(file)) throw new CustosError('tenant_not_found');
+      c = { writer: openKysely<TenantDB>(file, { fileMustExist, busyTimeoutMs: 0 }), reader: undefined };
+      this.#tenants.set(tenantId, c);
     }
-    return db;
+    return c;
+  }
+
+  /** The tenant's write connection (transactions), opened on first use. Fails if the store does not exist. */
+  openTenant(tenantId: string): Kysely<TenantDB> {
+    return this.#connections(tenantId).writer;
+  }
+
+  /** The tenant's read connection (plain reads), opened on first use. Fails if the store does not exist. */
+  tenantReader(tenantId: string): Kysely<TenantDB> {
+    const c = this.#connections(tenantId);
+    c.reader ??= openKysely<TenantDB>(this.#tenantFile(tenantId), { fileMustExist: true, queryOnly: true });
+    return c.reader;
   }
 
   tenant(tenantId: string): TenantStore {
@@ -119,8 +173,7 @@ export class SqliteStorage implements Storage {
   }
 
   async createTenantStore(tenantId: string): Promise<void> {
-    const file = this.#tenantFile(tenantId);
-    if (!this.#tenants.has(tenantId)) this.#tenants.set(tenantId, openKysely<TenantDB>(file, false));
+    this.#connections(tenantId, false);
     await this.migrateTenant(tenantId);
     await sqliteWriteTransaction(this.openTenant(tenantId), async (db) => {
       await db
@@ -144,9 +197,9 @@ export class SqliteStorage implements Storage {
 
   async dropTenantStore(tenantId: string): Promise<void> {
     const file = this.#tenantFile(tenantId);
-    const db = this.#tenants.get(tenantId);
+    const c = this.#tenants.get(tenantId);
     this.#tenants.delete(tenantId);
-    if (db) await db.destroy();
+    if (c) await closeConnections(c);
     for (const suffix of ['', '-wal', '-shm', '-journal']) rmSync(file + suffix, { force: true });
   }
 
@@ -170,7 +223,7 @@ export class SqliteStorage implements Storage {
   async close(): Promise<void> {
     const all = [...this.#tenants.values()];
     this.#tenants.clear();
-    await Promise.all(all.map((db) => db.destroy()));
+    await Promise.all(all.map(closeConnections));
     await this.control.destroy();
   }
 }
