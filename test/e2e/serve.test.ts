@@ -107,6 +107,8 @@ describeEachStorage('custos serve --workers', (kind) => {
     expect(schedulers(children)).toHaveLength(1);
     process.kill(Number(scheduler), 'SIGKILL');
     await waitFor(() => childPids().length === 2 && !childPids().includes(scheduler!), 30000, 'replacement worker');
+    // A child shows its parent's environment until it has exec'd: wait for the replacement to be itself.
+    await waitFor(() => schedulers(childPids()).length > 0, 10000, 'the replacement running');
     const now = childPids();
     expect(schedulers(now)).toHaveLength(1);
     expect(schedulers(now)[0]).not.toBe(scheduler);
