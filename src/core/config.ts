@@ -35,6 +35,7 @@ export const CONFIG_SPEC = {
   databaseSchema: { env: 'CUSTOS_DATABASE_SCHEMA', kind: 'string', default: 'custos', description: 'PostgreSQL schema of the control plane; tenant schemas are named after their tenant ids.' },
   databasePoolSize: { env: 'CUSTOS_DATABASE_POOL_SIZE', kind: 'int', default: 10, min: 1, max: 500, description: 'PostgreSQL control-plane connections per Custos process.' },
   databaseTenantPoolSize: { env: 'CUSTOS_DATABASE_TENANT_POOL_SIZE', kind: 'int', default: 4, min: 1, max: 100, description: "PostgreSQL connections per tenant per Custos process (each tenant's connections log in as its own role); idle ones close after 30 s." },
+  databasePreparedStatements: { env: 'CUSTOS_DATABASE_PREPARED_STATEMENTS', kind: 'int', default: 256, min: 0, max: 10000, description: 'Named prepared statements each PostgreSQL connection keeps (parsed and planned once, not on every execution); 0 turns them off, as a connection pooler in transaction mode that does not track them needs (PgBouncer before 1.21, or without max_prepared_statements).' },
   tlsCert: { env: 'CUSTOS_TLS_CERT', flag: '--cert', kind: 'string', default: (d: string) => path.join(d, 'tls', 'cert.pem'), description: 'PEM certificate (chain) the server presents; `custos init` makes a self-signed one for localhost.' },
   tlsKey: { env: 'CUSTOS_TLS_KEY', flag: '--key', kind: 'string', default: (d: string) => path.join(d, 'tls', 'key.pem'), description: 'PEM private key of the certificate.' },
   masterKeyFile: { env: 'CUSTOS_MASTER_KEY_FILE', kind: 'string', default: (d: string) => path.join(d, 'master.key'), description: 'Provider master key file (32 random bytes, mode 0600). Never stored in a database.' },
@@ -61,6 +62,7 @@ export interface Config {
   readonly databaseSchema: string;
   readonly databasePoolSize: number;
   readonly databaseTenantPoolSize: number;
+  readonly databasePreparedStatements: number;
   readonly tlsCert: string;
   readonly tlsKey: string;
   readonly masterKeyFile: string;

@@ -16,7 +16,7 @@ export function tenantRolePassword(masterKey: Buffer, tenantId: string): string 
  * derived from the master key.
  */
 export function openStorage(
-  config: Pick<Config, 'dataDir' | 'databaseUrl' | 'databaseSchema' | 'databasePoolSize' | 'databaseTenantPoolSize'>,
+  config: Pick<Config, 'dataDir' | 'databaseUrl' | 'databaseSchema' | 'databasePoolSize' | 'databaseTenantPoolSize' | 'databasePreparedStatements'>,
   clock: Clock,
   masterKey: () => Buffer,
 ): Storage {
@@ -26,6 +26,7 @@ export function openStorage(
       schema: config.databaseSchema,
       poolSize: config.databasePoolSize,
       tenantPoolSize: config.databaseTenantPoolSize,
+      preparedStatements: config.databasePreparedStatements,
       tenantRolePassword: (tenantId) => tenantRolePassword(masterKey(), tenantId),
       clock,
     });

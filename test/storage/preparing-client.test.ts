@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MAX_NAMED_STATEMENTS, PreparingClient } from '../../src/storage/postgres/preparing-client.js';
+import { DEFAULT_NAMED_STATEMENTS as MAX_NAMED_STATEMENTS, PreparingClient, preparingClient } from '../../src/storage/postgres/preparing-client.js';
 import { postgresUrl } from '../helpers/storage-kinds.js';
 
 // PostgreSQL only: named prepared statements are a PostgreSQL protocol feature (SQLite's statements are
@@ -12,8 +12,8 @@ import { postgresUrl } from '../helpers/storage-kinds.js';
   let admin: pg.Client;
 
   /** A one-connection pool of preparing clients, so every statement meets the same server session. */
-  function onePool(): { pool: pg.Pool; db: Kysely<any> } {
-    const pool = new pg.Pool({ connectionString: postgresUrl()!, max: 1, Client: PreparingClient, options: `-c search_path=${schema}` });
+  function onePool(Client: typeof pg.Client = PreparingClient): { pool: pg.Pool; db: Kysely<any> } {
+    const pool = new pg.Pool({ connectionString: postgresUrl()!, max: 1, Client, options: `-c search_path=${schema}` });
     return { pool, db: new Kysely<any>({ dialect: new PostgresDialect({ pool }) }) };
   }
   /** The server's own list of this session's prepared statements (protocol-level ones only). */
@@ -111,6 +111,18 @@ import { postgresUrl } from '../helpers/storage-kinds.js';
       expect((await prepared(db)).length).toBe(MAX_NAMED_STATEMENTS);
     } finally {
       await db.destroy();
+    }
+  });
+
+  it('a configured limit applies per connection, and 0 turns naming off (databasePreparedStatements)', async () => {
+    for (const [limit, expected] of [[3, 3], [0, 0]] as const) {
+      const { db } = onePool(preparingClient(limit));
+      try {
+        for (let i = 0; i < 5; i++) expect((await sql<{ id: number }>`select id as ${sql.id(`c${i}`)} from items where id = ${i + 1}`.execute(db)).rows).toHaveLength(1);
+        expect(await prepared(db)).toHaveLength(expected);
+      } finally {
+        await db.destroy();
+      }
     }
   });
 

@@ -9,7 +9,7 @@ import { controlMigrations } from '../migrations/control/index.js';
 import { tenantMigrations } from '../migrations/tenant/index.js';
 import type { ControlDB, TenantDB } from '../schema.js';
 import type { MigrationReport, Storage, TenantStore, TenantStoreLocation } from '../storage.js';
-import { PreparingClient } from './preparing-client.js';
+import { DEFAULT_NAMED_STATEMENTS, preparingClient } from './preparing-client.js';
 
 const INT8_OID = 20;
 
@@ -31,6 +31,8 @@ export interface PostgresStorageOptions {
   schema: string;
   poolSize: number;
   tenantPoolSize: number;
+  /** Named prepared statements per connection (see {@link preparingClient}); 0: none. Default 256. */
+  preparedStatements?: number;
   /** Password of a tenant's login role, derived from the master key and never stored. */
   tenantRolePassword: (tenantId: string) => string;
   clock: Clock;
@@ -75,10 +77,12 @@ export class PostgresStorage implements Storage {
   readonly #root: Kysely<unknown>;
   readonly #opts: PostgresStorageOptions;
   readonly #tenantDbs = new Map<string, { db: Kysely<TenantDB>; pool: pg.Pool }>();
+  readonly #Client: typeof pg.Client;
 
   constructor(opts: PostgresStorageOptions) {
     this.#opts = opts;
-    const pool = new pg.Pool({ connectionString: opts.url, max: opts.poolSize, types, connectionTimeoutMillis: 10000, Client: PreparingClient });
+    this.#Client = preparingClient(opts.preparedStatements ?? DEFAULT_NAMED_STATEMENTS);
+    const pool = new pg.Pool({ connectionString: opts.url, max: opts.poolSize, types, connectionTimeoutMillis: 10000, Client: this.#Client });
     pool.on('error', () => undefined); // an idle client's error; the next checkout reconnects
     this.#root = new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
     this.control = (this.#root as unknown as Kysely<ControlDB>).withSchema(opts.schema);
@@ -132,7 +136,7 @@ export class PostgresStorage implements Storage {
       idleTimeoutMillis: TENANT_IDLE_MS,
       connectionTimeoutMillis: 10000,
       types,
-      Client: PreparingClient,
+      Client: this.#Client,
     });
     pool.on('error', () => undefined);
     const db = new Kysely<TenantDB>({ dialect: new PostgresDialect({ pool }) });

@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import pg from 'pg';
 
-/** Named statements one connection keeps at most; past this, statements run unnamed (parsed and planned each time). */
-export const MAX_NAMED_STATEMENTS = 256;
+/** Named statements one connection keeps at most, unless configured (`databasePreparedStatements`); past this, statements run unnamed. */
+export const DEFAULT_NAMED_STATEMENTS = 256;
 
 /** Statements worth keeping prepared: plannable DML and queries, of a sane size. */
 const PLANNABLE = /^\s*(select|insert|update|delete|with)\b/i;
@@ -30,13 +30,16 @@ type Callback = (err: Error | null, result?: pg.QueryResult) => void;
  *
  * Only `query(text, values)` calls are affected — the form Kysely's driver uses;
  * query objects (cursors, configs) pass through unchanged. Each connection
- * names at most {@link MAX_NAMED_STATEMENTS}; a statement the server no
+ * names at most `maxNamed` statements (see {@link preparingClient}); a statement the server no
  * longer accepts (see {@link STALE_STATEMENT}) is retried once unnamed and not
  * named again on that connection (inside a transaction the first failure aborts
  * the transaction and reaches the caller; the next use runs unnamed). Prepared statements are not transactional:
  * a statement parsed in a transaction that rolls back stays prepared.
  */
 export class PreparingClient extends pg.Client {
+  /** Statements this class names per connection; subclasses made by {@link preparingClient} set their own. */
+  static maxNamed = DEFAULT_NAMED_STATEMENTS;
+  readonly #maxNamed = (this.constructor as typeof PreparingClient).maxNamed;
   readonly #names = new Map<string, string>();
   readonly #refused = new Set<string>();
 
@@ -45,7 +48,7 @@ export class PreparingClient extends pg.Client {
     if (text.length > MAX_TEXT || !PLANNABLE.test(text) || this.#refused.has(text)) return undefined;
     const known = this.#names.get(text);
     if (known !== undefined) return known;
-    if (this.#names.size >= MAX_NAMED_STATEMENTS) return undefined;
+    if (this.#names.size >= this.#maxNamed) return undefined;
     const name = `k${createHash('sha256').update(text).digest('base64url').slice(0, 22)}`;
     this.#names.set(text, name);
     return name;
@@ -82,4 +85,12 @@ export class PreparingClient extends pg.Client {
     }
     return promise;
   }
+}
+
+/** The pg client class for a pool: one naming at most `maxNamed` statements per connection, or plain pg.Client for 0. */
+export function preparingClient(maxNamed: number): typeof pg.Client {
+  if (maxNamed <= 0) return pg.Client;
+  return class extends PreparingClient {
+    static override maxNamed = maxNamed;
+  };
 }
