@@ -132,9 +132,13 @@ import { postgresUrl } from '../helpers/storage-kinds.js';
     try {
       const viaObject = await client.query({ text: 'select name from items where id = $1', values: [3] });
       expect(viaObject.rows).toEqual([{ name: 'item 3' }]);
-      const viaCallback = await new Promise<pg.QueryResult>((resolve, reject) => client.query('select name from items where id = $1', [4], (err: Error | null, r?: pg.QueryResult) => (err ? reject(err) : resolve(r!))));
+      const viaCallback = await new Promise<pg.QueryResult>((resolve, reject) => {
+        client.query('select name from items where id = $1', [4], (err: Error | null, r?: pg.QueryResult) => (err ? reject(err) : resolve(r!)));
+      });
       expect(viaCallback.rows).toEqual([{ name: 'item 4' }]);
-      const failed = await new Promise<Error | null>((resolve) => client.query('select nope from items where id = $1', [4], (err: Error | null) => resolve(err)));
+      const failed = await new Promise<Error | null>((resolve) => {
+        client.query('select nope from items where id = $1', [4], (err: Error | null) => resolve(err));
+      });
       expect(failed).toMatchObject({ code: '42703' });
     } finally {
       await client.end();

@@ -24,7 +24,7 @@ const SQLITE_BUSY = /^SQLITE_BUSY/;
  * of one worker stalled the other's requests while it waited.) On a
  * connection with a busy timeout of its own, SQLite has waited already.
  */
-async function beginImmediate(conn: Kysely<any>): Promise<void> {
+async function beginImmediate<DB>(conn: Kysely<DB>): Promise<void> {
   const deadline = performance.now() + BUSY_TIMEOUT_MS;
   for (let attempt = 0; ; attempt++) {
     try {
