@@ -10,7 +10,7 @@ import { ohashes } from '../../src/data/ohash.js';
 import { LIST_OBJECT, openProtected } from '../../src/data/record-codec.js';
 import { ExportRenderer } from '../../src/data/export-renderer.js';
 import { parseCredential } from '../../src/iam/credentials.js';
-import { RecordService, STATS_REFRESH_ROWS } from '../../src/data/record-service.js';
+import { ENCODE_SLICE, RecordService, STATS_REFRESH_ROWS } from '../../src/data/record-service.js';
 import { keyOperations } from '../../src/ops/key-operations.js';
 import { expectProblem, makeApp } from '../helpers/app.js';
 import { apiUser, consoleUser, tenantWithAdmin, type SignedIn } from '../helpers/iam.js';
@@ -78,6 +78,27 @@ describeEachStorage('lists and records', (kind) => {
         expect(openProtected(keys, rec.id, row.protected)).toEqual({ EMAIL_ADDRESS_: JANE, MOBILE_NUMBER_: JANE_PHONE, FIRST_NAME: 'Jane', SSN: '123-45-6789' });
         expect(() => openProtected(keys, other, row.protected)).toThrow(expect.objectContaining({ code: 'decryption_failed' }));
       });
+    });
+
+    it('a large merge lets other work run while it encrypts the new records (in slices, not the whole batch at once)', async () => {
+      const l = (await api('POST', '/lists', director.headers, { name: 'Sliced', fields: [] })).json().id as string;
+      const n = ENCODE_SLICE * 8;
+      const records = Array.from({ length: n }, (_, i) => ({ EMAIL_ADDRESS_: `slice${i}@slice.example`, CUSTOMER_ID_: `S${i}` }));
+      // Turns of the event loop that other work (another request, a timer) gets while the merge runs.
+      let turns = 0;
+      let done = false;
+      const spinning = (async () => {
+        while (!done) {
+          await new Promise((r) => setImmediate(r));
+          turns++;
+        }
+      })();
+      const res = await api('POST', `/lists/${l}/records/merge`, director.headers, { matchKey: 'CUSTOMER_ID_', records });
+      done = true;
+      await spinning;
+      expect(res.statusCode, res.body).toBe(200);
+      expect(res.json()).toMatchObject({ inserted: n, updated: 0 });
+      expect(turns).toBeGreaterThanOrEqual(8);
     });
 
     it('refuses a batch with one bad record: nothing changes, and the line and reason are reported without the value', async () => {
