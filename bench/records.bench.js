@@ -235,6 +235,10 @@ bare.get('/record', async (_req, reply) => reply.type('application/json').send(s
 await bare.listen({ port: 0, host: '127.0.0.1' });
 const bareGet = await child(loader.script, { url: `https://127.0.0.1:${bare.server.address().port}`, ca, concurrency: 64, warmupMs: 1500, durationMs: 6000, requests: [{ path: '/record' }] });
 await bare.close();
+// Every answer must have been a success: a rate of refusals (an expired token, say) measures nothing.
+for (const r of [get, get1, bareGet]) {
+  if (r && (r.errors > 0 || Object.entries(r.statuses).some(([k, n]) => !k.startsWith('2') && n > 0))) throw new Error(`GET load saw failures: ${JSON.stringify(r)}`);
+}
 report(`[${KIND}] GET one record, bearer token, 64 connections, ${WORKERS} server process(es)`, get.rate, 'bare Fastify route (one process), record-sized JSON', bareGet.rate);
 console.log(`  p50 ${get.p50Ms.toFixed(1)} ms, p99 ${get.p99Ms.toFixed(1)} ms (baseline p99 ${bareGet.p99Ms.toFixed(1)} ms); statuses ${JSON.stringify(get.statuses)}`);
 if (get1) report('  same with 1 server process', get1.rate, 'bare Fastify route (one process)', bareGet.rate);
