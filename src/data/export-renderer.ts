@@ -1,7 +1,6 @@
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { CustosError, type ErrorCode } from '../core/errors.js';
+import { workerModuleUrl } from '../core/worker-module.js';
 import type { ObjectKeys, ObjectKeysTransfer } from '../crypto/field-cipher.js';
 import { renderExportPage, type ExportPage, type ExportShape } from './export-format.js';
 
@@ -17,22 +16,6 @@ export type RenderReply = { id: number; text: string } | { id: number; error: { 
 interface Slot {
   worker: Worker;
   pending: Map<number, { resolve: (text: string) => void; reject: (err: Error) => void }>;
-}
-
-/**
- * The worker module: the compiled file beside this one, or — running from
- * source (tests) — the TypeScript file, started through a tiny ESM loader
- * that lets its `.js` import specifiers find the `.ts` sources (Node strips
- * the types itself).
- */
-function workerUrl(): URL {
-  const js = new URL('./export-worker.js', import.meta.url);
-  if (existsSync(fileURLToPath(js))) return js;
-  const ts = new URL('./export-worker.ts', import.meta.url).href;
-  const boot = `import { registerHooks } from 'node:module';
-registerHooks({ resolve(s, c, next) { try { return next(s, c); } catch (e) { if (/^\\.\\.?\\//.test(s) && s.endsWith('.js')) return next(s.slice(0, -3) + '.ts', c); throw e; } } });
-await import(${JSON.stringify(ts)});`;
-  return new URL(`data:text/javascript,${encodeURIComponent(boot)}`);
 }
 
 /**
@@ -82,7 +65,7 @@ export class ExportRenderer {
   }
 
   #start(index: number): Slot {
-    const worker = new Worker(workerUrl());
+    const worker = new Worker(workerModuleUrl(new URL('./export-worker.js', import.meta.url)));
     worker.unref();
     const slot: Slot = { worker, pending: new Map() };
     this.#slots[index] = slot;

@@ -19,6 +19,12 @@ export interface OpenSqliteOptions {
   busyTimeoutMs?: number;
   /** Refuse every write on this connection (`query_only`): a connection meant for reads only. */
   queryOnly?: boolean;
+  /**
+   * Whether this connection's commits checkpoint the WAL once it passes 1,000
+   * pages (SQLite's default, true). A server's write connections leave it to
+   * a worker thread (see `WalCheckpointer`).
+   */
+  autoCheckpoint?: boolean;
 }
 
 /**
@@ -37,6 +43,7 @@ export function openSqliteFile(file: string, options: OpenSqliteOptions = {}): D
   // Up to 32 MiB of page cache per connection (allocated as used): large lists keep their indexes in memory.
   db.pragma('cache_size = -32768');
   if (options.queryOnly) db.pragma('query_only = ON');
+  if (options.autoCheckpoint === false) db.pragma('wal_autocheckpoint = 0');
   const busy = Math.max(0, Math.floor(options.busyTimeoutMs ?? BUSY_TIMEOUT_MS));
   if (busy !== BUSY_TIMEOUT_MS) db.pragma(`busy_timeout = ${busy}`);
   return db;

@@ -10,7 +10,9 @@ import { controlMigrations } from '../migrations/control/index.js';
 import { tenantMigrations } from '../migrations/tenant/index.js';
 import type { ControlDB, TenantDB } from '../schema.js';
 import type { MigrationReport, Storage, TenantStore, TenantStoreLocation } from '../storage.js';
+import type Database from 'better-sqlite3';
 import { BUSY_TIMEOUT_MS, cachingSqliteDatabase, openSqliteFile, type OpenSqliteOptions } from './sqlite-database.js';
+import { WalCheckpointer, type WalCheckpointerOptions } from './wal-checkpointer.js';
 
 const SQLITE_BUSY = /^SQLITE_BUSY/;
 
@@ -69,8 +71,12 @@ export async function sqlitePlainRead<DB, T>(db: Kysely<DB>, fn: (db: Kysely<DB>
 }
 
 function openKysely<DB>(file: string, options: OpenSqliteOptions): Kysely<DB> {
+  return openConnection<DB>(file, options).db;
+}
+
+function openConnection<DB>(file: string, options: OpenSqliteOptions): { db: Kysely<DB>; raw: Database.Database } {
   const database = cachingSqliteDatabase(openSqliteFile(file, options));
-  return new Kysely<DB>({ dialect: new SqliteDialect({ database }) });
+  return { db: new Kysely<DB>({ dialect: new SqliteDialect({ database }) }), raw: database.raw };
 }
 
 /**
@@ -84,6 +90,7 @@ function openKysely<DB>(file: string, options: OpenSqliteOptions): Kysely<DB> {
  */
 interface TenantConnections {
   readonly writer: Kysely<TenantDB>;
+  readonly writerHandle: Database.Database;
   reader: Kysely<TenantDB> | undefined;
 }
 
@@ -99,7 +106,9 @@ class SqliteTenantStore implements TenantStore {
     this.tenantId = tenantId;
   }
   async transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
-    return sqliteWriteTransaction(this.#storage.openTenant(this.tenantId), fn);
+    const result = await sqliteWriteTransaction(this.#storage.openTenant(this.tenantId), fn);
+    this.#storage.afterCommit(this.tenantId);
+    return result;
   }
   async read<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
     return sqlitePlainRead(this.#storage.tenantReader(this.tenantId), fn);
@@ -117,10 +126,19 @@ export class SqliteStorage implements Storage {
   readonly #dataDir: string;
   readonly #clock: Clock;
   readonly #tenants = new Map<string, TenantConnections>();
+  readonly #checkpointer: WalCheckpointer;
 
-  constructor(dataDir: string, clock: Clock) {
+  /** `checkpoints`: how the WAL checkpointer runs (tests shorten its interval or give it a failing worker). */
+  constructor(dataDir: string, clock: Clock, opts: { checkpoints?: Omit<WalCheckpointerOptions, 'onUnavailable'> } = {}) {
     this.#dataDir = dataDir;
     this.#clock = clock;
+    this.#checkpointer = new WalCheckpointer({
+      ...opts.checkpoints,
+      // Without the worker, the write connections checkpoint in their commits again, as SQLite does by default.
+      onUnavailable: () => {
+        for (const c of this.#tenants.values()) c.writerHandle.pragma('wal_autocheckpoint = 1000');
+      },
+    });
     mkdirSync(path.join(dataDir, 'tenants'), { recursive: true, mode: 0o700 });
     this.control = openKysely<ControlDB>(path.join(dataDir, 'control.db'), { fileMustExist: false });
   }
@@ -149,10 +167,21 @@ export class SqliteStorage implements Storage {
     if (!c) {
       const file = this.#tenantFile(tenantId);
       if (fileMustExist && !existsSync(file)) throw new CustosError('tenant_not_found');
-      c = { writer: openKysely<TenantDB>(file, { fileMustExist, busyTimeoutMs: 0 }), reader: undefined };
+      const { db, raw } = openConnection<TenantDB>(file, { fileMustExist, busyTimeoutMs: 0, autoCheckpoint: !this.#checkpointer.available });
+      c = { writer: db, writerHandle: raw, reader: undefined };
       this.#tenants.set(tenantId, c);
     }
     return c;
+  }
+
+  /** What the WAL checkpointer has done (tests, diagnostics). */
+  get checkpoints(): WalCheckpointer {
+    return this.#checkpointer;
+  }
+
+  /** Notes a committed write transaction of a tenant: its WAL is checkpointed in the background. */
+  afterCommit(tenantId: string): void {
+    this.#checkpointer.afterCommit(this.#tenantFile(tenantId));
   }
 
   /** The tenant's write connection (transactions), opened on first use. Fails if the store does not exist. */
@@ -200,6 +229,8 @@ export class SqliteStorage implements Storage {
     const c = this.#tenants.get(tenantId);
     this.#tenants.delete(tenantId);
     if (c) await closeConnections(c);
+    // After the connections closed, so that no commit of theirs notes the file again; before the files go.
+    await this.#checkpointer.forget(file);
     for (const suffix of ['', '-wal', '-shm', '-journal']) rmSync(file + suffix, { force: true });
   }
 
@@ -221,6 +252,7 @@ export class SqliteStorage implements Storage {
   }
 
   async close(): Promise<void> {
+    await this.#checkpointer.close();
     const all = [...this.#tenants.values()];
     this.#tenants.clear();
     await Promise.all(all.map(closeConnections));
