@@ -1,5 +1,6 @@
 // Shared helpers for benchmarks: timing, machine description, result lines.
 import { spawnSync } from 'node:child_process';
+import { readFileSync, readdirSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 
 /** Runs `fn` repeatedly for about `ms` milliseconds (after a warm-up) and returns operations per second. */
@@ -51,4 +52,34 @@ export function loadGenerator() {
   const hasWrk = spawnSync('wrk', ['--version'], { stdio: 'ignore' }).error === undefined;
   if (want === 'wrk' && !hasWrk) throw new Error('BENCH_LOADER=wrk but wrk is not installed (apt-get install wrk)');
   return want === 'undici' || (!want && !hasWrk) ? { script: 'load.js', name: 'undici (load.js)' } : { script: 'wrk.js', name: 'wrk' };
+}
+
+/**
+ * CPU seconds (user + system) used so far by process `pid` and its live descendants (Linux /proc; USER_HZ 100).
+ * Per request it is the steadier figure on a shared machine: throughput and latency move with what the
+ * neighbours do, the CPU a request costs much less.
+ */
+export function treeCpuSeconds(pid) {
+  const pids = [pid];
+  for (let i = 0; i < pids.length; i++) {
+    try {
+      for (const task of readdirSync(`/proc/${pids[i]}/task`)) {
+        const children = readFileSync(`/proc/${pids[i]}/task/${task}/children`, 'utf8').trim();
+        if (children) pids.push(...children.split(/\s+/).map(Number));
+      }
+    } catch {
+      // gone meanwhile
+    }
+  }
+  let ticks = 0;
+  for (const p of pids) {
+    try {
+      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(f[11]) + Number(f[12]); // utime, stime (fields 14 and 15)
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return ticks / 100;
 }
