@@ -1,5 +1,5 @@
 // A checkpoint worker thread: copies the committed pages of tenant WAL files back into their database files
-// (`PRAGMA wal_checkpoint(PASSIVE)`) for the thread that serves requests. Started by WalCheckpointer; talks only
+// (`PRAGMA wal_checkpoint`, PASSIVE then FULL, see `checkpoint`) for the thread that serves requests. Started by WalCheckpointer; talks only
 // to its parent. One connection per file, kept until the parent forgets the file or shuts the worker down.
 import Database from 'better-sqlite3';
 import { parentPort } from 'node:worker_threads';
