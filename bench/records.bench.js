@@ -270,7 +270,9 @@ console.log(`  GET target >= 5,000/s with p99 <= 20 ms (either process count): $
 const exportStart = performance.now();
 const res = await pool.request({ method: 'GET', path: `/api/v1/lists/${list.id}/export?format=csv`, headers: authHeader });
 let lines = 0;
-for await (const chunk of res.body) for (const b of chunk) if (b === 10) lines++;
+// Newlines counted in native code: a byte-by-byte loop here cost this process ~0.5 s of CPU per 100 MB, taken from
+// the server on two cores.
+for await (const chunk of res.body) for (let i = chunk.indexOf(10); i !== -1; i = chunk.indexOf(10, i + 1)) lines++;
 const exportRate = (lines - 1) / ((performance.now() - exportStart) / 1000);
 report(`[${KIND}] export as CSV with a bearer token`, exportRate);
 console.log(`  export target >= 100,000 records/s: ${exportRate >= 100000 ? 'met' : 'NOT met'} (${fmt(lines - 1)} records)`);
