@@ -1,7 +1,6 @@
-import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import { workerModuleUrl } from '../core/worker-module.js';
 import type { Checkpoint, VerifyProblem, VerifyReport } from './audit-types.js';
 import { GENESIS_HASH, chainHash } from './chain-hash.js';
 import { RecordScanner, SCAN_CHUNK, scanSqliteFile, type ScanJob, type ScanResult } from './chain-scan.js';
@@ -41,15 +40,9 @@ class Problems {
   }
 }
 
-function scanModuleUrl(): URL {
-  const js = new URL('./chain-scan.js', import.meta.url);
-  // Running from source (tests): Node strips the types of the .ts file itself.
-  return existsSync(fileURLToPath(js)) ? js : new URL('./chain-scan.ts', import.meta.url);
-}
-
 function scanInWorker(job: ScanJob): Promise<ScanResult> {
   return new Promise((resolve, reject) => {
-    const worker = new Worker(scanModuleUrl(), { workerData: job });
+    const worker = new Worker(workerModuleUrl(new URL('./chain-scan.js', import.meta.url)), { workerData: job });
     let settled = false;
     worker.once('message', (r: ScanResult) => {
       settled = true;

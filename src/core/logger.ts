@@ -53,19 +53,22 @@ export function redactSecrets(value: unknown, depth = 0): unknown {
   }
   // Errors anywhere are logged as pino's `err` serializer shows them (message, stack, own properties), redacted.
   if (value instanceof Error) return redactSecrets(pino.stdSerializers.err(value), depth);
-  if (!isPlain(value)) return value;
+  return isPlain(value) ? redactRecord(value as Record<string, unknown>, depth) : value;
+}
+
+/** The object branch of {@link redactSecrets}; properties named in `unwalked` are kept as they are unless secret-named. */
+function redactRecord(record: Record<string, unknown>, depth: number, unwalked?: ReadonlySet<string>): Record<string, unknown> {
   let out: Record<string, unknown> | undefined;
-  const record = value as Record<string, unknown>;
   for (const key of Object.keys(record)) {
     const v = record[key];
-    const r = SECRET_KEYS.has(key.toLowerCase()) ? CENSOR : redactSecrets(v, depth + 1);
+    const r = SECRET_KEYS.has(key.toLowerCase()) ? CENSOR : unwalked?.has(key) ? v : redactSecrets(v, depth + 1);
     if (r !== v) (out ??= { ...record })[key] = r;
   }
-  return out ?? value;
+  return out ?? record;
 }
 
 /** Properties of a log call that have serializers: they are redacted after serializing, not walked raw. */
-const SERIALIZED = new Set(['req', 'res', 'err']);
+const SERIALIZED: ReadonlySet<string> = new Set(['req', 'res', 'err']);
 
 const serializeErr = (err: Error) => redactSecrets(pino.stdSerializers.err(err));
 
@@ -83,15 +86,7 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
       base: { service: 'custos' },
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: {
-        log: (obj) => {
-          let out: Record<string, unknown> | undefined;
-          for (const key of Object.keys(obj)) {
-            const v = obj[key];
-            const r = SECRET_KEYS.has(key.toLowerCase()) ? CENSOR : SERIALIZED.has(key) ? v : redactSecrets(v, 1);
-            if (r !== v) (out ??= { ...obj })[key] = r;
-          }
-          return out ?? obj;
-        },
+        log: (obj) => redactRecord(obj, 0, SERIALIZED),
       },
       serializers: {
         // Chosen fields only: never headers, query strings or bodies.

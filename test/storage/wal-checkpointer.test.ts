@@ -88,6 +88,14 @@ describe('WAL checkpoints on a worker thread [sqlite]', () => {
     return loc.file;
   }
 
+  /** A storage with a short checkpoint interval and one new tenant store: the storage, the tenant id and its file. */
+  async function openWithTenant(): Promise<{ storage: SqliteStorage; tenant: string; file: string }> {
+    const storage = await openSqlite();
+    const tenant = newId();
+    await storage.createTenantStore(tenant);
+    return { storage, tenant, file: fileOf(storage, tenant) };
+  }
+
   /** The write connection's `wal_autocheckpoint` (a per-connection setting: read on that very connection). */
   async function autoCheckpoint(storage: SqliteStorage, tenant: string): Promise<number> {
     const { rows } = await sql<{ wal_autocheckpoint: number }>`pragma wal_autocheckpoint`.execute(storage.openTenant(tenant));
@@ -152,10 +160,7 @@ describe('WAL checkpoints on a worker thread [sqlite]', () => {
   });
 
   it('a stream of commits is checkpointed by the worker, and the WAL does not grow without bound', async () => {
-    const storage = await openSqlite();
-    const tenant = newId();
-    await storage.createTenantStore(tenant);
-    const file = fileOf(storage, tenant);
+    const { storage, tenant, file } = await openWithTenant();
     const page = await pageSize(storage, tenant);
     // The worker starts with the first checkpoint, an interval after the first commit; a batch more lets the WAL start over.
     await commitUntil(storage, tenant, 'warm-up', 'the first checkpoint', () => storage.checkpoints.stats.runs > 0);
@@ -195,10 +200,7 @@ describe('WAL checkpoints on a worker thread [sqlite]', () => {
   });
 
   it('a checkpoint does not wait for a reader of an older snapshot: it reports busy without copying past the snapshot, the reader keeps its view, writes go on', async () => {
-    const storage = await openSqlite();
-    const tenant = newId();
-    await storage.createTenantStore(tenant);
-    const file = fileOf(storage, tenant);
+    const { storage, tenant, file } = await openWithTenant();
     await commitStream(storage, tenant, 'a', { batches: 1, perBatch: 10, pauseMs: 0 });
     // The worker starts with the first checkpoint: started here, it is not timed below.
     await storage.checkpoints.checkpoint(file);
@@ -232,10 +234,7 @@ describe('WAL checkpoints on a worker thread [sqlite]', () => {
   });
 
   it('committed data stays intact while checkpoints run: reads see every commit, integrity_check is ok, every row is in the file', async () => {
-    const storage = await openSqlite();
-    const tenant = newId();
-    await storage.createTenantStore(tenant);
-    const file = fileOf(storage, tenant);
+    const { storage, tenant, file } = await openWithTenant();
     // Reads run alongside the commits (and so alongside the worker's checkpoints) and see at least what was committed before they began.
     let committed = 0;
     let writing = true;
@@ -284,10 +283,7 @@ describe('WAL checkpoints on a worker thread [sqlite]', () => {
   });
 
   it('a dropped tenant store can be created again under the same id while checkpoints run: empty, usable and checkpointed', async () => {
-    const storage = await openSqlite();
-    const tenant = newId();
-    await storage.createTenantStore(tenant);
-    const file = fileOf(storage, tenant);
+    const { storage, tenant, file } = await openWithTenant();
     await commitUntil(storage, tenant, 'old', 'checkpoints of the first store', () => storage.checkpoints.stats.runs >= 2);
     await commitStream(storage, tenant, 'old-more', { batches: 2, perBatch: 20, pauseMs: 25 });
 
