@@ -9,7 +9,8 @@ export type ExportFormat = 'csv' | 'jsonl';
 export interface ExportPage {
   ids: string[];
   plain: string[];
-  protected: Array<Uint8Array | null>;
+  /** The sealed values as hex text (either case), null when the record has none. */
+  protected: Array<string | null>;
   sha256: Array<string | null>;
   md5: Array<string | null>;
 }
@@ -36,11 +37,6 @@ export function csvHeader(fields: readonly string[]): string {
   return `${fields.map(csvCell).join(',')}\r\n`;
 }
 
-/** A Buffer view of bytes that crossed a thread boundary as a plain Uint8Array (no copy). */
-function asBuffer(b: Uint8Array | null): Buffer | null {
-  if (b === null || Buffer.isBuffer(b)) return b;
-  return Buffer.from(b.buffer, b.byteOffset, b.byteLength);
-}
 
 /**
  * Decrypts a page of rows and renders its export lines: `pii` masked unless
@@ -56,7 +52,8 @@ export function renderExportPage(keys: ObjectKeys, shape: ExportShape, page: Exp
   for (let i = 0; i < page.ids.length; i++) {
     row.id = page.ids[i]!;
     row.plain = page.plain[i]!;
-    row.protected = asBuffer(page.protected[i] ?? null);
+    const sealed = page.protected[i];
+    row.protected = sealed ? Buffer.from(sealed, 'hex') : null;
     row.email_sha256 = page.sha256[i] ?? null;
     row.email_md5 = page.md5[i] ?? null;
     const values = decodeFields(keys, defs, row);

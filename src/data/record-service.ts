@@ -668,17 +668,19 @@ export class RecordService {
     if (format === 'csv') yield csvHeader(fields);
     const shape: ExportShape = { defs: fields.map((name) => list.fields.find((f) => f.name === name)!), clear: can(auth, 'data.pii.view'), format };
     const store = this.#storage.tenant(tenantId);
+    const protectedHex = this.#adapter.blobHex('protected');
     const depth = this.#renderer.threads + 1;
     const queue: Array<Promise<string>> = [];
     let cursor = '';
     let done = false;
     for (;;) {
       while (!done && queue.length < depth) {
-        // Only the columns a line needs (no blind indexes or lookup keys).
+        // Only the columns a line needs (no blind indexes or lookup keys); the sealed values as hex text, which
+        // costs better-sqlite3 a third of a Buffer per row and crosses to a worker thread as cheaply as a string.
         const read = await store.read(async (db) => {
           const rows = await db
             .selectFrom('records')
-            .select(['id', 'plain', 'protected', 'email_sha256', 'email_md5'])
+            .select(['id', 'plain', 'email_sha256', 'email_md5', sql.raw<string | null>(protectedHex).as('protected_hex')])
             .where('list_key', '=', list.row.key)
             .where('id', '>', cursor)
             .orderBy('id')
@@ -689,7 +691,7 @@ export class RecordService {
           for (const r of rows) {
             page.ids.push(r.id);
             page.plain.push(r.plain);
-            page.protected.push(r.protected);
+            page.protected.push(r.protected_hex || null);
             page.sha256.push(r.email_sha256);
             page.md5.push(r.email_md5);
           }

@@ -26,7 +26,9 @@ function page(n: number, k: ObjectKeys = keys): ExportPage {
     const prot = i % 5 === 4 ? {} : { EMAIL_ADDRESS_: email, MOBILE_NUMBER_: `+1 555 ${String(i).padStart(7, '0')}`, FIRST_NAME: `Name, "${i}"`, SSN: `123-45-${i}` };
     p.ids.push(id);
     p.plain.push(JSON.stringify({ CUSTOMER_ID_: `C${i}`, NOTE: notes[i % notes.length] }));
-    p.protected.push(sealProtected(i % 3 === 0 ? old : k, id, prot));
+    // As the engines give it: upper-case hex from SQLite's hex(), lower-case from PostgreSQL's encode().
+    const hex = sealProtected(i % 3 === 0 ? old : k, id, prot)?.toString('hex') ?? null;
+    p.protected.push(i % 2 === 0 ? (hex?.toUpperCase() ?? null) : hex);
     p.sha256.push(i % 5 === 4 ? null : ohashes(email).sha256);
     p.md5.push(i % 5 === 4 ? null : ohashes(email).md5);
   }
@@ -74,6 +76,11 @@ describe('export renderer', () => {
     await expect(threaded.render(newerOnly, { defs, clear: true, format: 'csv' }, p)).rejects.toMatchObject({ code: 'decryption_failed' });
     const moved = { ...p, protected: [p.protected[1]!, p.protected[0]!, ...p.protected.slice(2)] };
     await expect(threaded.render(keys, { defs, clear: true, format: 'csv' }, moved)).rejects.toMatchObject({ code: 'decryption_failed' });
+    // Hex that is cut short or not hex at all does not open either.
+    const cut = { ...p, protected: [p.protected[0]!.slice(0, -2), ...p.protected.slice(1)] };
+    await expect(threaded.render(keys, { defs, clear: true, format: 'csv' }, cut)).rejects.toMatchObject({ code: 'decryption_failed' });
+    const garbled = { ...p, protected: [`${p.protected[0]!.slice(0, 40)}zz${p.protected[0]!.slice(42)}`, ...p.protected.slice(1)] };
+    await expect(threaded.render(keys, { defs, clear: true, format: 'csv' }, garbled)).rejects.toMatchObject({ code: 'decryption_failed' });
     const otherTenant = new ObjectKeys('tenant-b', LIST_OBJECT, 'list-a', gen2, [gen1, gen2]);
     await expect(threaded.render(otherTenant, { defs, clear: true, format: 'csv' }, p)).rejects.toMatchObject({ code: 'decryption_failed' });
     // The workers are still there for the next page.

@@ -79,6 +79,20 @@ describeEachStorage('storage', (kind) => {
     expect(seenByB.map((u) => u.username)).toEqual(['bob']);
   });
 
+  it('reads a binary column as hex text through the adapter (either case), empty or null for no value', async () => {
+    const bytes = Buffer.from([0x00, 0xff, 0x10, 0x7f, 0x80]);
+    const hexOf = (value: Buffer | null) =>
+      storage.tenant(a).read(async (db) => {
+        const blob = sql`cast(${value} as ${sql.raw(storage.adapter.blobType)})`;
+        const r = await sql<{ h: string | null }>`with t (b) as (select ${blob}) select ${sql.raw(storage.adapter.blobHex('b'))} as h from t`.execute(db);
+        return r.rows[0]!.h;
+      });
+    expect((await hexOf(bytes))!.toLowerCase()).toBe('00ff107f80');
+    expect(Buffer.from((await hexOf(bytes))!, 'hex').equals(bytes)).toBe(true);
+    expect([null, '']).toContain(await hexOf(null));
+    expect(() => storage.adapter.blobHex('b); drop table users; --')).toThrow(TypeError);
+  });
+
   it('rolls back a tenant transaction that throws', async () => {
     await expect(
       storage.tenant(a).transaction(async (db) => {
