@@ -70,6 +70,10 @@ export const ENCODE_SLICE = 500;
 export const STATS_REFRESH_ROWS = 10_000;
 
 type Row = Selectable<RecordsTable>;
+/** The columns a record's view is rendered from. */
+type ViewRow = Pick<Row, 'id' | 'plain' | 'protected' | 'email_sha256' | 'email_md5' | 'created_at' | 'updated_at'>;
+/** A {@link ViewRow} as read: the sealed values as hex text. */
+type ViewRowHex = Omit<ViewRow, 'protected'> & { protected_hex: string | null };
 type RecordsQuery = SelectQueryBuilder<TenantDB, 'records', Row>;
 
 function lineError(line: number, reason: string, field?: string): LineError {
@@ -523,10 +527,32 @@ export class RecordService {
     return row;
   }
 
+  /**
+   * One record as a read shows it: only the columns a view needs (not the blind indexes and lookup keys), the
+   * sealed values as hex text (a blob costs better-sqlite3 a backing store of its own). Half the statement's
+   * time of `select *` on SQLite (14 → 8 µs a row).
+   */
+  #viewRowQuery: CompiledQuery<ViewRowHex> | undefined;
+
+  async #viewRow(db: Kysely<TenantDB>, listKey: number, recordId: string): Promise<ViewRow> {
+    if (!isId(recordId)) throw new CustosError('not_found');
+    this.#viewRowQuery ??= db
+      .selectFrom('records')
+      .select(['id', 'plain', 'email_sha256', 'email_md5', 'created_at', 'updated_at', sql.raw<string | null>(this.#adapter.blobHex('protected')).as('protected_hex')])
+      .where('list_key', '=', 0)
+      .where('id', '=', '')
+      .compile();
+    const query: CompiledQuery<ViewRowHex> = { ...this.#viewRowQuery, parameters: [listKey, recordId] };
+    const r = (await db.executeQuery(query)).rows[0];
+    if (!r) throw new CustosError('not_found');
+    const hex = r.protected_hex;
+    return { id: r.id, plain: r.plain, protected: hex ? Buffer.from(hex, 'hex') : null, email_sha256: r.email_sha256, email_md5: r.email_md5, created_at: r.created_at, updated_at: r.updated_at };
+  }
+
   async get(auth: AuthContext, tenantId: string, listId: string, recordId: string): Promise<RecordView> {
     const { view, list } = await this.#storage.tenant(tenantId).read(async (db) => {
       const l = await this.#lists.load(db, auth, listId, 'lists.read', { cached: true });
-      const row = await this.#row(db, l.row.key, recordId);
+      const row = await this.#viewRow(db, l.row.key, recordId);
       const [values] = await this.#decodeAll(db, tenantId, l, [row]);
       return { view: this.#render(auth, l, row, values!), list: l };
     });

@@ -189,6 +189,10 @@ describeEachStorage('lists and records', (kind) => {
       expect(upd.json().fields).toMatchObject({ TIER: 'u', CITY: 'Rome', EMAIL_ADDRESS_: 'single@x.example' });
       const rep = await api('PATCH', `/lists/${listId}/records/${rec.id}`, director.headers, { fields: { TIER: 'v' }, replace: true });
       expect(rep.json().fields).toMatchObject({ TIER: 'v', CITY: null, EMAIL_ADDRESS_: null });
+      // Read back with no protected values left (the row's sealed column is null).
+      const bare = (await api('GET', `/lists/${listId}/records/${rec.id}`, director.headers)).json();
+      expect(bare).toMatchObject({ id: rec.id, fields: { TIER: 'v', EMAIL_ADDRESS_: null, EMAIL_SHA256_HASH_: null } });
+      expect(Date.parse(bare.updatedAt)).toBeGreaterThanOrEqual(Date.parse(bare.createdAt));
       expect((await api('DELETE', `/lists/${listId}/records/${rec.id}`, director.headers)).statusCode).toBe(204);
       expectProblem(await api('GET', `/lists/${listId}/records/${rec.id}`, director.headers), 404, 'not_found');
     });
