@@ -37,7 +37,6 @@ export function csvHeader(fields: readonly string[]): string {
   return `${fields.map(csvCell).join(',')}\r\n`;
 }
 
-
 /**
  * Decrypts a page of rows and renders its export lines: `pii` masked unless
  * `clear`, CSV cells neutralised, one JSON object per line for JSON Lines.
