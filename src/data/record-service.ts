@@ -546,7 +546,7 @@ export class RecordService {
     const r = (await db.executeQuery(query)).rows[0];
     if (!r) throw new CustosError('not_found');
     const hex = r.protected_hex;
-    return { id: r.id, plain: r.plain, protected: hex ? Buffer.from(hex, 'hex') : null, email_sha256: r.email_sha256, email_md5: r.email_md5, created_at: r.created_at, updated_at: r.updated_at };
+    return { id: r.id, plain: r.plain, protected: hex === null ? null : Buffer.from(hex, 'hex'), email_sha256: r.email_sha256, email_md5: r.email_md5, created_at: r.created_at, updated_at: r.updated_at };
   }
 
   async get(auth: AuthContext, tenantId: string, listId: string, recordId: string): Promise<RecordView> {
@@ -717,7 +717,7 @@ export class RecordService {
           for (const r of rows) {
             page.ids.push(r.id);
             page.plain.push(r.plain);
-            page.protected.push(r.protected_hex || null);
+            page.protected.push(r.protected_hex);
             page.sha256.push(r.email_sha256);
             page.md5.push(r.email_md5);
           }

@@ -17,7 +17,7 @@ export interface StorageAdapter {
   /** SQL aggregate of a column's values as a JSON array (`json_group_array` / `json_agg`; PostgreSQL gives null for no rows); `column` must be a safe identifier. */
   jsonArrayAgg(column: string): string;
   /**
-   * SQL text of a binary column as hex text (`hex` / `encode(…, 'hex')`; either case, empty or null for null).
+   * SQL text of a binary column as hex text (`hex` / `encode(…, 'hex')`; either case; null for null on both engines).
    * Bulk reads use it where a Buffer per row would cost more than the value: better-sqlite3 gives every blob
    * a backing store of its own (~2 µs a row), a string lives on the JavaScript heap.
    */
@@ -38,7 +38,8 @@ export const sqliteAdapter: StorageAdapter = Object.freeze({
   jsonMemberText: (column: string, key: string) => `json_extract(${safe(column)}, '$.${safe(key)}')`,
   jsonMemberParam: (value: string | number | boolean) => (typeof value === 'boolean' ? (value ? 1 : 0) : value),
   jsonArrayAgg: (column: string) => `json_group_array(${safe(column)})`,
-  blobHex: (column: string) => `hex(${safe(column)})`,
+  // hex(NULL) is '' in SQLite: kept null, as PostgreSQL's encode gives it.
+  blobHex: (column: string) => `(case when ${safe(column)} is null then null else hex(${safe(column)}) end)`,
 });
 
 export const postgresAdapter: StorageAdapter = Object.freeze({

@@ -206,7 +206,7 @@ export class SqliteStorage implements Storage {
   }
 
   tenant(tenantId: string): TenantStore {
-    if (!this.#files.has(tenantId) && !isId(tenantId)) throw new TypeError('not a tenant id');
+    this.#tenantFile(tenantId);
     return new SqliteTenantStore(this, tenantId);
   }
 
