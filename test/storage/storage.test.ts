@@ -34,7 +34,10 @@ describeEachStorage('storage', (kind) => {
       );
     }
   });
+  /** Stores made here without a row in the control plane's tenants table: the deployment's cleanup would not find them. */
+  const made = [a, b];
   afterAll(async () => {
+    for (const id of made) await storage.dropTenantStore(id);
     await storage.close();
     await env.cleanup();
   });
@@ -128,6 +131,7 @@ describeEachStorage('storage', (kind) => {
 
   it('resumes migrations after a failure in the middle: applied ones stay, the failed one left no trace', async () => {
     const c = newId();
+    made.push(c);
     await storage.createTenantStore(c);
     const loc = storage.locateTenantStore(c);
     const steps: Migration[] = [

@@ -22,6 +22,8 @@ describeEachStorage('tenant store connections', (kind) => {
     await storage.createTenantStore(tenant);
   });
   afterAll(async () => {
+    // The store has no row in the control plane's tenants table, so the deployment's cleanup would not find it.
+    await storage.dropTenantStore(tenant);
     await storage.close();
     await env.cleanup();
   });
