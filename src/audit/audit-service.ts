@@ -87,7 +87,7 @@ export class AuditService {
     this.#masterKey = opts.masterKey;
     this.#signer = opts.signer;
     const sink = opts.checkpointDir === undefined ? undefined : new CheckpointSink(opts.checkpointDir);
-    this.#sink = new SinkExporter(sink, (stream, after) => this.#read(stream === PROVIDER_STREAM ? null : stream, (db, store) => store.checkpoints(db, stream, 'checkpoint', after)), opts.logger);
+    this.#sink = new SinkExporter(sink, (stream, after) => this.#durableRead(stream === PROVIDER_STREAM ? null : stream, (db, store) => store.checkpoints(db, stream, 'checkpoint', after)), opts.logger);
     this.#tenantStore = new ChainStore(opts.storage.adapter, TENANT_CHAIN_TABLES);
     this.#providerStore = new ChainStore(opts.storage.adapter, qualifiedTables(opts.storage.control, PROVIDER_CHAIN_TABLES));
     this.#committer = new GroupCommitter((key, items) => this.#writeBatch(key, items), opts.groupCommit);
@@ -230,7 +230,8 @@ export class AuditService {
           this.#providerStore.append(db, prepared, { stream, signer: this.#signer, nowMs: this.#clock.now() }),
         );
       } else {
-        result = await this.#storage.tenant(stream).transaction((db) => this.#appendTenant(db, stream, prepared));
+        // Synced after the commit, off the event loop; the batch's callers are answered once it is durable.
+        result = await this.#storage.tenant(stream).transaction((db) => this.#appendTenant(db, stream, prepared), { syncAfterCommit: true });
       }
     } catch (err) {
       if (isCustosError(err) && err.code !== 'audit_unavailable') throw err;
@@ -246,6 +247,18 @@ export class AuditService {
     return this.#storage.tenant(tenantId).transaction((db) => fn(db, this.#tenantStore));
   }
 
+  /**
+   * {@link #read} after making every commit of the stream's store durable: for
+   * reads whose events leave Custos (the API, exports, the checkpoint sink).
+   * Group commits are synced after they commit (see `#writeBatch`), so for
+   * the length of one `fsync` a reader could otherwise see an event a power
+   * loss would take back, and hand it to someone who keeps it.
+   */
+  async #durableRead<T>(tenantId: string | null, fn: (db: ChainDb, store: ChainStore) => Promise<T>): Promise<T> {
+    if (tenantId !== null) await this.#storage.tenant(tenantId).sync();
+    return this.#read(tenantId, fn);
+  }
+
   /** Runs `fn` in one write transaction of the stream's store. */
   async #write<T>(tenantId: string | null, fn: (db: ChainDb, store: ChainStore) => Promise<T>): Promise<T> {
     if (tenantId === null) return this.#storage.controlTransaction((db) => fn(db, this.#providerStore));
@@ -259,7 +272,7 @@ export class AuditService {
       throw new CustosError('validation_failed', `limit must be from 1 to ${MAX_QUERY_LIMIT}`);
     }
     const before = q.cursor === undefined ? undefined : decodeCursor(q.cursor);
-    const rows = await this.#read(tenantId, (db, store) => store.page(db, f, before === undefined ? {} : { beforeSeq: before }, q.limit + 1));
+    const rows = await this.#durableRead(tenantId, (db, store) => store.page(db, f, before === undefined ? {} : { beforeSeq: before }, q.limit + 1));
     const page: AuditPage = { events: rows.slice(0, q.limit).map((r) => ({ seq: r.seq, ...(JSON.parse(r.body) as Omit<AuditEvent, 'seq'>) })) };
     if (rows.length > q.limit) page.nextCursor = encodeCursor(page.events[page.events.length - 1]!.seq);
     return page;
@@ -276,7 +289,7 @@ export class AuditService {
     if (format === 'csv') yield csvHeader();
     let after = 0;
     for (;;) {
-      const rows = await this.#read(tenantId, (db, store) => store.page(db, f, { afterSeq: after }, EXPORT_PAGE));
+      const rows = await this.#durableRead(tenantId, (db, store) => store.page(db, f, { afterSeq: after }, EXPORT_PAGE));
       if (rows.length > 0) yield rows.map((r) => (format === 'jsonl' ? jsonlLine(r.seq, r.body) : csvLine(r.seq, r.body))).join('');
       if (rows.length < EXPORT_PAGE) return;
       after = rows[rows.length - 1]!.seq;

@@ -9,8 +9,11 @@ import type { ControlDB, TenantDB } from './schema.js';
  */
 export interface TenantStore {
   readonly tenantId: string;
-  /** Runs `fn` in one transaction bound to this tenant. Commits when `fn` resolves, rolls back when it throws. */
-  transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T>;
+  /**
+   * Runs `fn` in one transaction bound to this tenant. Commits when `fn`
+   * resolves, rolls back when it throws; resolves once the commit is durable.
+   */
+  transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>, opts?: TransactionOptions): Promise<T>;
   /**
    * Runs read-only `fn` without a transaction: plain statements on one of the
    * tenant's connections, each statement its own snapshot (no BEGIN and
@@ -20,6 +23,28 @@ export interface TenantStore {
    * {@link transaction}.
    */
   read<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T>;
+  /**
+   * Resolves once every transaction of this store committed so far is
+   * durable: a barrier for readers that copy data out of Custos (see
+   * {@link TransactionOptions.syncAfterCommit}). Without such commits, and on
+   * PostgreSQL, there is nothing to wait for.
+   */
+  sync(): Promise<void>;
+}
+
+export interface TransactionOptions {
+  /**
+   * Make the commit durable after it is written, off the event loop, instead
+   * of inside it. The transaction still resolves only once it is durable, so
+   * a caller that answers after it never acknowledges a write that a power
+   * loss could take back; but other readers may see the commit up to one
+   * `fsync` before that. For group commits of activity events, whose callers
+   * all wait for the batch: on SQLite the `fsync` of each commit otherwise
+   * holds the event loop, and every request of the process with it (on a
+   * VM's disk, now and then for tens of milliseconds). PostgreSQL commits
+   * never hold the event loop and ignore this.
+   */
+  syncAfterCommit?: boolean;
 }
 
 /** Where a tenant's data lives, for `tenant show` and operators. */

@@ -57,6 +57,8 @@ class PostgresTenantStore implements TenantStore {
   async read<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
     return this.#storage.tenantKysely(this.tenantId).connection().execute(fn);
   }
+  /** A PostgreSQL commit is durable before other sessions see it. */
+  async sync(): Promise<void> {}
 }
 
 /**

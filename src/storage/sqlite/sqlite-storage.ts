@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, fsync, mkdirSync, openSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { Kysely, SqliteDialect, sql } from 'kysely';
 import { CustosError } from '../../core/errors.js';
@@ -9,7 +9,7 @@ import { runMigrations } from '../migrations/migration.js';
 import { controlMigrations } from '../migrations/control/index.js';
 import { tenantMigrations } from '../migrations/tenant/index.js';
 import type { ControlDB, TenantDB } from '../schema.js';
-import type { MigrationReport, Storage, TenantStore, TenantStoreLocation } from '../storage.js';
+import type { MigrationReport, Storage, TenantStore, TenantStoreLocation, TransactionOptions } from '../storage.js';
 import type Database from 'better-sqlite3';
 import { BUSY_TIMEOUT_MS, cachingSqliteDatabase, openSqliteFile, type OpenSqliteOptions } from './sqlite-database.js';
 import { WalCheckpointer, type WalCheckpointerOptions } from './wal-checkpointer.js';
@@ -45,19 +45,123 @@ async function beginImmediate<DB>(conn: Kysely<DB>): Promise<void> {
  * Kysely's SQLite driver has one connection guarded by a mutex: transactions
  * of one process run one after another.
  */
-export async function sqliteWriteTransaction<DB, T>(db: Kysely<DB>, fn: (db: Kysely<DB>) => Promise<T>): Promise<T> {
+export async function sqliteWriteTransaction<DB, T>(db: Kysely<DB>, fn: (db: Kysely<DB>) => Promise<T>, unsynced?: UnsyncedCommit): Promise<T> {
   return db.connection().execute(async (conn) => {
-    await beginImmediate(conn);
-    let result: T;
+    // Per connection, and only between transactions: the pragma is set and restored while this one holds the connection.
+    if (unsynced) unsynced.handle.pragma('synchronous = NORMAL');
     try {
-      result = await fn(conn);
-    } catch (err) {
-      await sql`rollback`.execute(conn).catch(() => undefined);
-      throw err;
+      await beginImmediate(conn);
+      let result: T;
+      try {
+        result = await fn(conn);
+      } catch (err) {
+        await sql`rollback`.execute(conn).catch(() => undefined);
+        throw err;
+      }
+      await sql`commit`.execute(conn);
+      unsynced?.committed();
+      return result;
+    } finally {
+      if (unsynced) unsynced.handle.pragma('synchronous = FULL');
     }
-    await sql`commit`.execute(conn);
-    return result;
   });
+}
+
+/**
+ * A write transaction committed with `synchronous = NORMAL` on a WAL
+ * connection: SQLite writes the commit's frames to the WAL without `fsync`
+ * (with `FULL` it syncs the WAL in the commit, on the calling thread), and
+ * `committed` notes that the WAL holds frames not yet durable.
+ */
+interface UnsyncedCommit {
+  handle: Database.Database;
+  committed(): void;
+}
+
+/**
+ * Makes a tenant file's commits durable after they were written: `fsync` of
+ * its WAL on libuv's thread pool, never on the event loop. `fsync` flushes a
+ * file's data whichever descriptor wrote it, and a WAL is only appended to
+ * (or restarted from its start after a checkpoint, which syncs first), so a
+ * sync that starts after a commit covers it and every commit before it —
+ * of this process or another. Closing syncs what is still pending.
+ */
+export class WalSync {
+  readonly #file: string;
+  readonly #fsync: (fd: number) => Promise<void>;
+  #fd: number | undefined;
+  /** A commit since the last sync started. */
+  #dirty = false;
+  readonly #inflight = new Set<Promise<void>>();
+  #closed = false;
+
+  constructor(dbFile: string, fsyncFd: (fd: number) => Promise<void>) {
+    this.#file = `${dbFile}-wal`;
+    this.#fsync = fsyncFd;
+  }
+
+  committed(): void {
+    this.#dirty = true;
+  }
+
+  /**
+   * Resolves once every commit this process noted so far is durable — with
+   * `everyone`, every commit any process has made to the file so far —
+   * and rejects if the `fsync` that covers it failed.
+   */
+  async sync(everyone = false): Promise<void> {
+    if (!this.#dirty && !everyone) {
+      // Any sync in flight started after the last commit noted: it covers them all.
+      await Promise.all(this.#inflight);
+      return;
+    }
+    if (this.#closed) throw new Error('WAL sync after close');
+    this.#fd ??= this.#dirty ? openSync(this.#file, 'r+') : openIfExists(this.#file);
+    // No WAL yet: nothing was ever committed through one.
+    if (this.#fd === undefined) return;
+    this.#dirty = false;
+    const done = this.#fsync(this.#fd);
+    this.#inflight.add(done);
+    try {
+      await done;
+    } catch (err) {
+      // Not known to be durable: the next caller syncs again.
+      this.#dirty = true;
+      throw err;
+    } finally {
+      this.#inflight.delete(done);
+    }
+  }
+
+  /** After the connection closed: syncs what is pending, then closes the descriptor. */
+  async close(): Promise<void> {
+    try {
+      if (this.#dirty) {
+        this.#fd ??= openIfExists(this.#file);
+        // No file: SQLite's close checkpointed the WAL into the database file (syncing both) and removed it.
+        if (this.#fd === undefined) this.#dirty = false;
+      }
+      await this.sync();
+    } finally {
+      this.#closed = true;
+      if (this.#fd !== undefined) closeSync(this.#fd);
+      this.#fd = undefined;
+    }
+  }
+}
+
+function openIfExists(file: string): number | undefined {
+  try {
+    return openSync(file, 'r+');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+}
+
+/** `fsync(2)` on the thread pool. */
+export function fsyncOnThreadPool(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fsync(fd, (err) => (err ? reject(err) : resolve())));
 }
 
 /**
@@ -92,10 +196,14 @@ interface TenantConnections {
   readonly writer: Kysely<TenantDB>;
   readonly writerHandle: Database.Database;
   reader: Kysely<TenantDB> | undefined;
+  /** Syncs the writer's commits made with `syncAfterCommit`. */
+  readonly wal: WalSync;
+  readonly unsynced: UnsyncedCommit;
 }
 
 async function closeConnections(c: TenantConnections): Promise<void> {
   await Promise.all([c.writer.destroy(), c.reader?.destroy()]);
+  await c.wal.close();
 }
 
 class SqliteTenantStore implements TenantStore {
@@ -105,13 +213,23 @@ class SqliteTenantStore implements TenantStore {
     this.#storage = storage;
     this.tenantId = tenantId;
   }
-  async transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
-    const result = await sqliteWriteTransaction(this.#storage.openTenant(this.tenantId), fn);
+  async transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>, opts?: TransactionOptions): Promise<T> {
+    if (!opts?.syncAfterCommit) {
+      const result = await sqliteWriteTransaction(this.#storage.openTenant(this.tenantId), fn);
+      this.#storage.afterCommit(this.tenantId);
+      return result;
+    }
+    const c = this.#storage.tenantConnections(this.tenantId);
+    const result = await sqliteWriteTransaction(c.writer, fn, c.unsynced);
     this.#storage.afterCommit(this.tenantId);
+    await c.wal.sync();
     return result;
   }
   async read<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
     return sqlitePlainRead(this.#storage.tenantReader(this.tenantId), fn);
+  }
+  async sync(): Promise<void> {
+    await this.#storage.syncTenant(this.tenantId);
   }
 }
 
@@ -128,10 +246,16 @@ export class SqliteStorage implements Storage {
   readonly #tenants = new Map<string, TenantConnections>();
   readonly #checkpointer: WalCheckpointer;
 
-  /** `checkpoints`: how the WAL checkpointer runs (tests shorten its interval or give it a failing worker). */
-  constructor(dataDir: string, clock: Clock, opts: { checkpoints?: Omit<WalCheckpointerOptions, 'onUnavailable'> } = {}) {
+  readonly #fsync: (fd: number) => Promise<void>;
+
+  /**
+   * `checkpoints`: how the WAL checkpointer runs (tests shorten its interval or give it a failing worker).
+   * `fsync`: how a WAL is synced after a `syncAfterCommit` transaction (tests delay it or make it fail).
+   */
+  constructor(dataDir: string, clock: Clock, opts: { checkpoints?: Omit<WalCheckpointerOptions, 'onUnavailable'>; fsync?: (fd: number) => Promise<void> } = {}) {
     this.#dataDir = dataDir;
     this.#clock = clock;
+    this.#fsync = opts.fsync ?? fsyncOnThreadPool;
     this.#checkpointer = new WalCheckpointer({
       ...opts.checkpoints,
       // Without the worker, the write connections checkpoint in their commits again, as SQLite does by default.
@@ -177,7 +301,8 @@ export class SqliteStorage implements Storage {
       const file = this.#tenantFile(tenantId);
       if (fileMustExist && !existsSync(file)) throw new CustosError('tenant_not_found');
       const { db, raw } = openConnection<TenantDB>(file, { fileMustExist, busyTimeoutMs: 0, autoCheckpoint: !this.#checkpointer.available });
-      c = { writer: db, writerHandle: raw, reader: undefined };
+      const wal = new WalSync(file, this.#fsync);
+      c = { writer: db, writerHandle: raw, reader: undefined, wal, unsynced: { handle: raw, committed: () => wal.committed() } };
       this.#tenants.set(tenantId, c);
     }
     return c;
@@ -196,6 +321,16 @@ export class SqliteStorage implements Storage {
   /** The tenant's write connection (transactions), opened on first use. Fails if the store does not exist. */
   openTenant(tenantId: string): Kysely<TenantDB> {
     return this.#connections(tenantId).writer;
+  }
+
+  /** The tenant's connections in this process, opened on first use. Fails if the store does not exist. */
+  tenantConnections(tenantId: string): TenantConnections {
+    return this.#connections(tenantId);
+  }
+
+  /** Makes the tenant's commits so far durable, this process's and others' (see `TenantStore.sync`). */
+  async syncTenant(tenantId: string): Promise<void> {
+    await this.#connections(tenantId).wal.sync(true);
   }
 
   /** The tenant's read connection (plain reads), opened on first use. Fails if the store does not exist. */
