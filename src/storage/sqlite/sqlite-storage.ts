@@ -48,7 +48,7 @@ async function beginImmediate<DB>(conn: Kysely<DB>): Promise<void> {
 export async function sqliteWriteTransaction<DB, T>(db: Kysely<DB>, fn: (db: Kysely<DB>) => Promise<T>, unsynced?: UnsyncedCommit): Promise<T> {
   return db.connection().execute(async (conn) => {
     // Per connection, and only between transactions: the pragma is set and restored while this one holds the connection.
-    if (unsynced) unsynced.handle.pragma('synchronous = NORMAL');
+    unsynced?.deferSync.run();
     try {
       await beginImmediate(conn);
       let result: T;
@@ -62,7 +62,7 @@ export async function sqliteWriteTransaction<DB, T>(db: Kysely<DB>, fn: (db: Kys
       unsynced?.committed();
       return result;
     } finally {
-      if (unsynced) unsynced.handle.pragma('synchronous = FULL');
+      unsynced?.syncInCommit.run();
     }
   });
 }
@@ -71,10 +71,12 @@ export async function sqliteWriteTransaction<DB, T>(db: Kysely<DB>, fn: (db: Kys
  * A write transaction committed with `synchronous = NORMAL` on a WAL
  * connection: SQLite writes the commit's frames to the WAL without `fsync`
  * (with `FULL` it syncs the WAL in the commit, on the calling thread), and
- * `committed` notes that the WAL holds frames not yet durable.
+ * `committed` notes that the WAL holds frames not yet durable. The two
+ * pragmas are prepared once (`Database.pragma` prepares anew each call).
  */
 interface UnsyncedCommit {
-  handle: Database.Database;
+  deferSync: Database.Statement;
+  syncInCommit: Database.Statement;
   committed(): void;
 }
 
@@ -302,7 +304,7 @@ export class SqliteStorage implements Storage {
       if (fileMustExist && !existsSync(file)) throw new CustosError('tenant_not_found');
       const { db, raw } = openConnection<TenantDB>(file, { fileMustExist, busyTimeoutMs: 0, autoCheckpoint: !this.#checkpointer.available });
       const wal = new WalSync(file, this.#fsync);
-      c = { writer: db, writerHandle: raw, reader: undefined, wal, unsynced: { handle: raw, committed: () => wal.committed() } };
+      c = { writer: db, writerHandle: raw, reader: undefined, wal, unsynced: { deferSync: raw.prepare('pragma synchronous = NORMAL'), syncInCommit: raw.prepare('pragma synchronous = FULL'), committed: () => wal.committed() } };
       this.#tenants.set(tenantId, c);
     }
     return c;
