@@ -7,7 +7,8 @@ import { newId } from '../../src/core/ids.js';
 import { createLogger } from '../../src/core/logger.js';
 import { readMasterKeyFile } from '../../src/crypto/master-key.js';
 import { openStorage } from '../../src/storage/open.js';
-import { fsyncOnThreadPool, SqliteStorage } from '../../src/storage/sqlite/sqlite-storage.js';
+import { fsyncOnThreadPool } from '../../src/storage/sqlite/fsync-thread.js';
+import { SqliteStorage } from '../../src/storage/sqlite/sqlite-storage.js';
 import type { Storage } from '../../src/storage/storage.js';
 import { describeEachStorage, makeTestEnv, type TestEnv } from '../helpers/storage-kinds.js';
 import { ev } from '../audit/helpers.js';
@@ -140,7 +141,7 @@ describe.runIf(process.platform === 'linux')('SQLite: commits made durable after
 
   const synchronous = () => storage.tenantConnections(tenant).writerHandle.pragma('synchronous', { simple: true });
 
-  it('writes the commit, syncs the WAL on the thread pool while the event loop runs, and resolves only after the sync', async () => {
+  it('writes the commit, syncs the WAL off the event loop (which runs meanwhile), and resolves only after the sync', async () => {
     ctl.hold();
     let ticks = 0;
     const ticker = setInterval(() => ticks++, 1);

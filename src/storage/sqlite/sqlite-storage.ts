@@ -1,4 +1,4 @@
-import { closeSync, existsSync, fsync, mkdirSync, openSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { Kysely, SqliteDialect, sql } from 'kysely';
 import { CustosError } from '../../core/errors.js';
@@ -12,6 +12,7 @@ import type { ControlDB, TenantDB } from '../schema.js';
 import type { MigrationReport, Storage, TenantStore, TenantStoreLocation, TransactionOptions } from '../storage.js';
 import type Database from 'better-sqlite3';
 import { BUSY_TIMEOUT_MS, cachingSqliteDatabase, openSqliteFile, type OpenSqliteOptions } from './sqlite-database.js';
+import { FsyncThread } from './fsync-thread.js';
 import { WalCheckpointer, type WalCheckpointerOptions } from './wal-checkpointer.js';
 
 const SQLITE_BUSY = /^SQLITE_BUSY/;
@@ -82,11 +83,12 @@ interface UnsyncedCommit {
 
 /**
  * Makes a tenant file's commits durable after they were written: `fsync` of
- * its WAL on libuv's thread pool, never on the event loop. `fsync` flushes a
- * file's data whichever descriptor wrote it, and a WAL is only appended to
- * (or restarted from its start after a checkpoint, which syncs first), so a
- * sync that starts after a commit covers it and every commit before it —
- * of this process or another. Closing syncs what is still pending.
+ * its WAL on a thread of its own (`FsyncThread`), never on the event loop.
+ * `fsync` flushes a file's data whichever descriptor wrote it, and a WAL is
+ * only appended to (or restarted from its start after a checkpoint, which
+ * syncs first), so a sync that starts after a commit covers it and every
+ * commit before it — of this process or another. Closing syncs what is
+ * still pending.
  */
 export class WalSync {
   readonly #file: string;
@@ -161,10 +163,6 @@ function openIfExists(file: string): number | undefined {
   }
 }
 
-/** `fsync(2)` on the thread pool. */
-export function fsyncOnThreadPool(fd: number): Promise<void> {
-  return new Promise((resolve, reject) => fsync(fd, (err) => (err ? reject(err) : resolve())));
-}
 
 /**
  * Runs read-only `fn` as plain statements on the store's connection, each
@@ -249,6 +247,7 @@ export class SqliteStorage implements Storage {
   readonly #checkpointer: WalCheckpointer;
 
   readonly #fsync: (fd: number) => Promise<void>;
+  readonly #fsyncThread = new FsyncThread();
 
   /**
    * `checkpoints`: how the WAL checkpointer runs (tests shorten its interval or give it a failing worker).
@@ -257,7 +256,7 @@ export class SqliteStorage implements Storage {
   constructor(dataDir: string, clock: Clock, opts: { checkpoints?: Omit<WalCheckpointerOptions, 'onUnavailable'>; fsync?: (fd: number) => Promise<void> } = {}) {
     this.#dataDir = dataDir;
     this.#clock = clock;
-    this.#fsync = opts.fsync ?? fsyncOnThreadPool;
+    this.#fsync = opts.fsync ?? ((fd) => this.#fsyncThread.sync(fd));
     this.#checkpointer = new WalCheckpointer({
       ...opts.checkpoints,
       // Without the worker, the write connections checkpoint in their commits again, as SQLite does by default.
@@ -403,6 +402,7 @@ export class SqliteStorage implements Storage {
     const all = [...this.#tenants.values()];
     this.#tenants.clear();
     await Promise.all(all.map(closeConnections));
+    await this.#fsyncThread.close();
     await this.control.destroy();
   }
 }
