@@ -27,7 +27,7 @@ import { verifyChain, type ChainSource } from './chain-verifier.js';
 import { CheckpointSink } from './checkpoint-sink.js';
 import { prepareEvent, type PreparedEvent } from './event-builder.js';
 import { csvHeader, csvLine, jsonlLine } from './export-format.js';
-import { GroupCommitter, type GroupCommitOptions, type GroupCommitStats } from './group-commit.js';
+import { GroupCommitter, type GroupCommitOptions, type GroupCommitStats, type Written } from './group-commit.js';
 import { hmacValue } from './redaction.js';
 import { purgeChain } from './purge.js';
 import { MAX_RETENTION_DAYS, PROVIDER_RETENTION_DAYS, checkRetentionDays, editionRetentionDays } from './retention.js';
@@ -61,6 +61,16 @@ export interface AuditServiceOptions {
 
 interface Queued {
   prepared: PreparedEvent;
+}
+
+/** A stream write's failure as `audit_unavailable`, unless it is a Custos error already (an invalid event, say). */
+async function unavailableUnlessCustos<T>(work: Promise<T>): Promise<T> {
+  try {
+    return await work;
+  } catch (err) {
+    if (isCustosError(err) && err.code !== 'audit_unavailable') throw err;
+    throw new CustosError('audit_unavailable', 'the activity events could not be written', { cause: isCustosError(err) ? (err.cause ?? err) : err });
+  }
 }
 
 /**
@@ -221,24 +231,23 @@ export class AuditService {
     return this.#committer.submit(PROVIDER_STREAM, { prepared });
   }
 
-  async #writeBatch(stream: string, items: Queued[]): Promise<AuditEvent[]> {
+  async #writeBatch(stream: string, items: Queued[]): Promise<AuditEvent[] | Written<AuditEvent>> {
     const prepared = items.map((i) => i.prepared);
-    let result: { events: AuditEvent[]; checkpoint?: Checkpoint };
-    try {
-      if (stream === PROVIDER_STREAM) {
-        result = await this.#storage.controlTransaction((db) =>
-          this.#providerStore.append(db, prepared, { stream, signer: this.#signer, nowMs: this.#clock.now() }),
-        );
-      } else {
-        // Synced after the commit, off the event loop; the batch's callers are answered once it is durable.
-        result = await this.#storage.tenant(stream).transaction((db) => this.#appendTenant(db, stream, prepared), { syncAfterCommit: true });
-      }
-    } catch (err) {
-      if (isCustosError(err) && err.code !== 'audit_unavailable') throw err;
-      throw new CustosError('audit_unavailable', 'the activity events could not be written', { cause: isCustosError(err) ? (err.cause ?? err) : err });
+    if (stream === PROVIDER_STREAM) {
+      const result = await unavailableUnlessCustos(
+        this.#storage.controlTransaction((db) => this.#providerStore.append(db, prepared, { stream, signer: this.#signer, nowMs: this.#clock.now() })),
+      );
+      if (result.checkpoint) await this.#sink.exportQuietly(stream);
+      return result.events;
     }
-    if (result.checkpoint) await this.#sink.exportQuietly(stream);
-    return result.events;
+    // Committed without waiting for its sync (on SQLite an fsync off the event loop), so the next batch can be
+    // written meanwhile; the group committer answers this batch's callers once it is durable.
+    const store = this.#storage.tenant(stream);
+    const result = await unavailableUnlessCustos(store.transaction((db) => this.#appendTenant(db, stream, prepared), { deferSync: true }));
+    const durable = unavailableUnlessCustos(store.durable()).then(async () => {
+      if (result.checkpoint) await this.#sink.exportQuietly(stream);
+    });
+    return { results: result.events, durable };
   }
 
   /** Runs `fn` against the stream's store: in a tenant transaction, or on the control plane. */

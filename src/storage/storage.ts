@@ -11,7 +11,8 @@ export interface TenantStore {
   readonly tenantId: string;
   /**
    * Runs `fn` in one transaction bound to this tenant. Commits when `fn`
-   * resolves, rolls back when it throws; resolves once the commit is durable.
+   * resolves, rolls back when it throws; resolves once the commit is durable
+   * (with `deferSync`, once it is written: see {@link TransactionOptions}).
    */
   transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>, opts?: TransactionOptions): Promise<T>;
   /**
@@ -24,27 +25,33 @@ export interface TenantStore {
    */
   read<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T>;
   /**
-   * Resolves once every transaction of this store committed so far is
-   * durable: a barrier for readers that copy data out of Custos (see
-   * {@link TransactionOptions.syncAfterCommit}). Without such commits, and on
-   * PostgreSQL, there is nothing to wait for.
+   * Resolves once every transaction this process committed to the store so
+   * far is durable, rejects if one cannot be made so: what a caller of a
+   * `deferSync` transaction awaits before it acknowledges anything the
+   * transaction did. Concurrent callers share one sync.
+   */
+  durable(): Promise<void>;
+  /**
+   * Resolves once every transaction any process committed to the store so
+   * far is durable: a barrier for readers that copy data out of Custos
+   * (`deferSync` commits are visible before they are durable).
    */
   sync(): Promise<void>;
 }
 
 export interface TransactionOptions {
   /**
-   * Make the commit durable after it is written, off the event loop, instead
-   * of inside it. The transaction still resolves only once it is durable, so
-   * a caller that answers after it never acknowledges a write that a power
-   * loss could take back; but other readers may see the commit up to one
-   * `fsync` before that. For group commits of activity events, whose callers
-   * all wait for the batch: on SQLite the `fsync` of each commit otherwise
-   * holds the event loop, and every request of the process with it (on a
-   * VM's disk, now and then for tens of milliseconds). PostgreSQL commits
-   * never hold the event loop and ignore this.
+   * Resolve once the commit is written, without waiting for it to be
+   * durable; the caller awaits {@link TenantStore.durable} before it
+   * acknowledges anything the transaction did. Meanwhile other readers may
+   * see the commit, and the caller may commit more (one sync then covers
+   * them all). For group commits of activity events: on SQLite the `fsync`
+   * of each commit otherwise holds the event loop, and every request of the
+   * process with it (on a VM's disk, now and then for tens of milliseconds).
+   * PostgreSQL commits are durable before they are visible and never hold
+   * the event loop: there it changes nothing.
    */
-  syncAfterCommit?: boolean;
+  deferSync?: boolean;
 }
 
 /** Where a tenant's data lives, for `tenant show` and operators. */

@@ -9,7 +9,9 @@ import { readMasterKeyFile } from '../../src/crypto/master-key.js';
 import { openStorage } from '../../src/storage/open.js';
 import { fsyncOnThreadPool } from '../../src/storage/sqlite/fsync-thread.js';
 import { SqliteStorage } from '../../src/storage/sqlite/sqlite-storage.js';
-import type { Storage } from '../../src/storage/storage.js';
+import type { Kysely } from 'kysely';
+import type { TenantDB } from '../../src/storage/schema.js';
+import type { Storage, TenantStore } from '../../src/storage/storage.js';
 import { describeEachStorage, makeTestEnv, type TestEnv } from '../helpers/storage-kinds.js';
 import { ev } from '../audit/helpers.js';
 
@@ -17,6 +19,13 @@ const user = (username: string) => ({ id: newId(), username, email: `${username}
 
 const usernames = (storage: Storage, tenant: string) =>
   storage.tenant(tenant).read(async (db) => (await db.selectFrom('users').select('username').orderBy('username').execute()).map((r) => r.username));
+
+/** A `deferSync` transaction, then the wait for its durability, as the activity stream's group commit does. */
+async function durably<T>(store: TenantStore, fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
+  const result = await store.transaction(fn, { deferSync: true });
+  await store.durable();
+  return result;
+}
 
 /** Waits (yielding to the event loop) until `cond` holds; fails after 5 s. */
 async function until(cond: () => boolean): Promise<void> {
@@ -57,19 +66,20 @@ describeEachStorage('transactions synced after their commit', (kind) => {
     await env.cleanup();
   });
 
-  it('commits, resolves with the result, rolls back when the function throws; sync() resolves', async () => {
+  it('deferSync: commits, resolves with the result, rolls back when the function throws; durable() and sync() resolve', async () => {
     const store = storage.tenant(tenant);
-    const r = await store.transaction(async (db) => {
+    const r = await durably(store, async (db) => {
       await db.insertInto('users').values(user('synced-after')).execute();
       return 42;
-    }, { syncAfterCommit: true });
+    });
     expect(r).toBe(42);
     await expect(
       store.transaction(async (db) => {
         await db.insertInto('users').values(user('rolled-back')).execute();
         throw new Error('boom');
-      }, { syncAfterCommit: true }),
+      }, { deferSync: true }),
     ).rejects.toThrow('boom');
+    await store.durable();
     await store.sync();
     expect(await usernames(storage, tenant)).toEqual(['synced-after']);
   });
@@ -146,7 +156,7 @@ describe.runIf(process.platform === 'linux')('SQLite: commits made durable after
     let ticks = 0;
     const ticker = setInterval(() => ticks++, 1);
     try {
-      const writing = storage.tenant(tenant).transaction((db) => db.insertInto('users').values(user('durable')).execute(), { syncAfterCommit: true });
+      const writing = durably(storage.tenant(tenant), (db) => db.insertInto('users').values(user('durable')).execute());
       await until(() => ctl.calls.length === 1);
       expect(ctl.calls[0]).toBe(walFile);
       const ticksAtSync = ticks;
@@ -162,15 +172,36 @@ describe.runIf(process.platform === 'linux')('SQLite: commits made durable after
     }
   });
 
+  it('one fsync at a time: commits made while one is in flight share the next; a caller with nothing new waits for the one in flight', async () => {
+    const store = storage.tenant(tenant);
+    ctl.hold();
+    await store.transaction((db) => db.insertInto('users').values(user('first')).execute(), { deferSync: true });
+    const first = store.durable();
+    await until(() => ctl.calls.length === 1);
+    // Nothing committed since that sync started: waiting for it is enough.
+    const same = store.durable();
+    await store.transaction((db) => db.insertInto('users').values(user('second')).execute(), { deferSync: true });
+    const second = store.durable();
+    await store.transaction((db) => db.insertInto('users').values(user('third')).execute(), { deferSync: true });
+    const third = store.durable();
+    expect(await settled(Promise.all([first, same, second, third]))).toBe(false);
+    expect(ctl.calls).toHaveLength(1);
+    ctl.release();
+    await Promise.all([first, same, second, third]);
+    // The second and third commits were covered by one more fsync, started after the first ended.
+    expect(ctl.calls).toHaveLength(2);
+    expect(await usernames(storage, tenant)).toEqual(['first', 'second', 'third']);
+  });
+
   it('leaves the connection at synchronous = FULL, also after a rollback; a plain transaction is synced inside its commit by SQLite', async () => {
     const store = storage.tenant(tenant);
-    await store.transaction((db) => db.insertInto('users').values(user('a')).execute(), { syncAfterCommit: true });
+    await durably(store, (db) => db.insertInto('users').values(user('a')).execute());
     expect(synchronous()).toBe(2); // FULL
     await expect(
       store.transaction(async (db) => {
         await db.insertInto('users').values(user('b')).execute();
         throw new Error('no');
-      }, { syncAfterCommit: true }),
+      }, { deferSync: true }),
     ).rejects.toThrow('no');
     expect(synchronous()).toBe(2);
     const before = ctl.calls.length;
@@ -182,7 +213,7 @@ describe.runIf(process.platform === 'linux')('SQLite: commits made durable after
   it('rejects the transaction when the sync fails, and does not take the commit for durable: closing syncs it again', async () => {
     const store = storage.tenant(tenant);
     ctl.failNext(Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' }));
-    await expect(store.transaction((db) => db.insertInto('users').values(user('unsure')).execute(), { syncAfterCommit: true })).rejects.toThrow(/EIO/);
+    await expect(durably(store, (db) => db.insertInto('users').values(user('unsure')).execute())).rejects.toThrow(/EIO/);
     expect(await usernames(storage, tenant)).toEqual(['unsure']);
     const before = ctl.calls.length;
     await storage.close();
@@ -200,7 +231,7 @@ describe.runIf(process.platform === 'linux')('SQLite: commits made durable after
   });
 
   it('closing with nothing left unsynced does not sync', async () => {
-    await storage.tenant(tenant).transaction((db) => db.insertInto('users').values(user('done')).execute(), { syncAfterCommit: true });
+    await durably(storage.tenant(tenant), (db) => db.insertInto('users').values(user('done')).execute());
     const before = ctl.calls.length;
     await storage.close();
     closed = true;
@@ -230,7 +261,7 @@ describe.runIf(process.platform === 'linux')('SQLite: commits made durable after
 
   it('closing waits for a sync in flight, then closes the WAL descriptor', async () => {
     ctl.hold();
-    const writing = storage.tenant(tenant).transaction((db) => db.insertInto('users').values(user('closing')).execute(), { syncAfterCommit: true });
+    const writing = durably(storage.tenant(tenant), (db) => db.insertInto('users').values(user('closing')).execute());
     await until(() => ctl.calls.length === 1);
     const closing = storage.close();
     expect(await settled(closing)).toBe(false);

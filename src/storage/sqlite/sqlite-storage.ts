@@ -94,9 +94,12 @@ export class WalSync {
   readonly #file: string;
   readonly #fsync: (fd: number) => Promise<void>;
   #fd: number | undefined;
-  /** A commit since the last sync started. */
+  /** A commit was noted since the last sync started. */
   #dirty = false;
-  readonly #inflight = new Set<Promise<void>>();
+  /** The sync in flight, if any. */
+  #current: Promise<void> | undefined;
+  /** The sync that starts when the current one ends: shared by every caller that arrives meanwhile. */
+  #next: Promise<void> | undefined;
   #closed = false;
 
   constructor(dbFile: string, fsyncFd: (fd: number) => Promise<void>) {
@@ -110,36 +113,56 @@ export class WalSync {
 
   /**
    * Resolves once every commit this process noted so far is durable — with
-   * `everyone`, every commit any process has made to the file so far —
-   * and rejects if the `fsync` that covers it failed.
+   * `everyone`, every commit any process has made to the file so far — and
+   * rejects if the `fsync` that covers it failed. One `fsync` at a time:
+   * callers that arrive while one is in flight share the next.
    */
-  async sync(everyone = false): Promise<void> {
-    if (!this.#dirty && !everyone) {
-      // Any sync in flight started after the last commit noted: it covers them all.
-      await Promise.all(this.#inflight);
-      return;
-    }
-    if (this.#closed) throw new Error('WAL sync after close');
-    this.#fd ??= this.#dirty ? openSync(this.#file, 'r+') : openIfExists(this.#file);
-    // No WAL yet: nothing was ever committed through one.
-    if (this.#fd === undefined) return;
-    this.#dirty = false;
-    const done = this.#fsync(this.#fd);
-    this.#inflight.add(done);
+  sync(everyone = false): Promise<void> {
+    // Nothing noted since the sync in flight (or the last one) started: it covers everything.
+    if (!this.#dirty && !everyone) return this.#current ?? Promise.resolve();
+    if (this.#next) return this.#next;
+    if (!this.#current) return this.#start();
+    const next = this.#current
+      .catch(() => undefined)
+      .then(() => {
+        this.#next = undefined;
+        return this.#start();
+      });
+    this.#next = next;
+    return next;
+  }
+
+  #start(): Promise<void> {
+    if (this.#closed) return Promise.reject(new Error('WAL sync after close'));
+    let fd: number | undefined;
     try {
-      await done;
+      fd = this.#fd ??= this.#dirty ? openSync(this.#file, 'r+') : openIfExists(this.#file);
     } catch (err) {
-      // Not known to be durable: the next caller syncs again.
-      this.#dirty = true;
-      throw err;
-    } finally {
-      this.#inflight.delete(done);
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
     }
+    // No WAL yet: nothing was ever committed through one.
+    if (fd === undefined) return Promise.resolve();
+    this.#dirty = false;
+    const done: Promise<void> = this.#fsync(fd).then(
+      () => {
+        if (this.#current === done) this.#current = undefined;
+      },
+      (err: unknown) => {
+        if (this.#current === done) this.#current = undefined;
+        // Not known to be durable: the next caller syncs again.
+        this.#dirty = true;
+        throw err;
+      },
+    );
+    this.#current = done;
+    return done;
   }
 
   /** After the connection closed: syncs what is pending, then closes the descriptor. */
   async close(): Promise<void> {
     try {
+      await this.#next?.catch(() => undefined);
+      await this.#current?.catch(() => undefined);
       if (this.#dirty) {
         this.#fd ??= openIfExists(this.#file);
         // No file: SQLite's close checkpointed the WAL into the database file (syncing both) and removed it.
@@ -196,7 +219,7 @@ interface TenantConnections {
   readonly writer: Kysely<TenantDB>;
   readonly writerHandle: Database.Database;
   reader: Kysely<TenantDB> | undefined;
-  /** Syncs the writer's commits made with `syncAfterCommit`. */
+  /** Syncs the writer's commits made with `deferSync`. */
   readonly wal: WalSync;
   readonly unsynced: UnsyncedCommit;
 }
@@ -214,16 +237,13 @@ class SqliteTenantStore implements TenantStore {
     this.tenantId = tenantId;
   }
   async transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>, opts?: TransactionOptions): Promise<T> {
-    if (!opts?.syncAfterCommit) {
-      const result = await sqliteWriteTransaction(this.#storage.openTenant(this.tenantId), fn);
-      this.#storage.afterCommit(this.tenantId);
-      return result;
-    }
     const c = this.#storage.tenantConnections(this.tenantId);
-    const result = await sqliteWriteTransaction(c.writer, fn, c.unsynced);
+    const result = await sqliteWriteTransaction(c.writer, fn, opts?.deferSync ? c.unsynced : undefined);
     this.#storage.afterCommit(this.tenantId);
-    await c.wal.sync();
     return result;
+  }
+  async durable(): Promise<void> {
+    await this.#storage.tenantConnections(this.tenantId).wal.sync();
   }
   async read<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
     return sqlitePlainRead(this.#storage.tenantReader(this.tenantId), fn);
@@ -251,7 +271,7 @@ export class SqliteStorage implements Storage {
 
   /**
    * `checkpoints`: how the WAL checkpointer runs (tests shorten its interval or give it a failing worker).
-   * `fsync`: how a WAL is synced after a `syncAfterCommit` transaction (tests delay it or make it fail).
+   * `fsync`: how a WAL is synced after a `deferSync` transaction (tests delay it or make it fail).
    */
   constructor(dataDir: string, clock: Clock, opts: { checkpoints?: Omit<WalCheckpointerOptions, 'onUnavailable'>; fsync?: (fd: number) => Promise<void> } = {}) {
     this.#dataDir = dataDir;
