@@ -27,7 +27,7 @@ import { verifyChain, type ChainSource } from './chain-verifier.js';
 import { CheckpointSink } from './checkpoint-sink.js';
 import { prepareEvent, type PreparedEvent } from './event-builder.js';
 import { csvHeader, csvLine, jsonlLine } from './export-format.js';
-import { GroupCommitter, type GroupCommitOptions, type GroupCommitStats, type Written } from './group-commit.js';
+import { GroupCommitter, type GroupCommitOptions, type GroupCommitStats } from './group-commit.js';
 import { hmacValue } from './redaction.js';
 import { purgeChain } from './purge.js';
 import { MAX_RETENTION_DAYS, PROVIDER_RETENTION_DAYS, checkRetentionDays, editionRetentionDays } from './retention.js';
@@ -63,16 +63,6 @@ interface Queued {
   prepared: PreparedEvent;
 }
 
-/** A stream write's failure as `audit_unavailable`, unless it is a Custos error already (an invalid event, say). */
-async function unavailableUnlessCustos<T>(work: Promise<T>): Promise<T> {
-  try {
-    return await work;
-  } catch (err) {
-    if (isCustosError(err) && err.code !== 'audit_unavailable') throw err;
-    throw new CustosError('audit_unavailable', 'the activity events could not be written', { cause: isCustosError(err) ? (err.cause ?? err) : err });
-  }
-}
-
 /**
  * The activity stream: every tenant's tamper-evident audit trail, and the
  * provider's. Events are hash-chained per stream, checkpointed with the
@@ -97,7 +87,7 @@ export class AuditService {
     this.#masterKey = opts.masterKey;
     this.#signer = opts.signer;
     const sink = opts.checkpointDir === undefined ? undefined : new CheckpointSink(opts.checkpointDir);
-    this.#sink = new SinkExporter(sink, (stream, after) => this.#durableRead(stream === PROVIDER_STREAM ? null : stream, (db, store) => store.checkpoints(db, stream, 'checkpoint', after)), opts.logger);
+    this.#sink = new SinkExporter(sink, (stream, after) => this.#read(stream === PROVIDER_STREAM ? null : stream, (db, store) => store.checkpoints(db, stream, 'checkpoint', after)), opts.logger);
     this.#tenantStore = new ChainStore(opts.storage.adapter, TENANT_CHAIN_TABLES);
     this.#providerStore = new ChainStore(opts.storage.adapter, qualifiedTables(opts.storage.control, PROVIDER_CHAIN_TABLES));
     this.#committer = new GroupCommitter((key, items) => this.#writeBatch(key, items), opts.groupCommit);
@@ -231,41 +221,29 @@ export class AuditService {
     return this.#committer.submit(PROVIDER_STREAM, { prepared });
   }
 
-  async #writeBatch(stream: string, items: Queued[]): Promise<AuditEvent[] | Written<AuditEvent>> {
+  async #writeBatch(stream: string, items: Queued[]): Promise<AuditEvent[]> {
     const prepared = items.map((i) => i.prepared);
-    if (stream === PROVIDER_STREAM) {
-      const result = await unavailableUnlessCustos(
-        this.#storage.controlTransaction((db) => this.#providerStore.append(db, prepared, { stream, signer: this.#signer, nowMs: this.#clock.now() })),
-      );
-      if (result.checkpoint) await this.#sink.exportQuietly(stream);
-      return result.events;
+    let result: { events: AuditEvent[]; checkpoint?: Checkpoint };
+    try {
+      if (stream === PROVIDER_STREAM) {
+        result = await this.#storage.controlTransaction((db) =>
+          this.#providerStore.append(db, prepared, { stream, signer: this.#signer, nowMs: this.#clock.now() }),
+        );
+      } else {
+        result = await this.#storage.tenant(stream).transaction((db) => this.#appendTenant(db, stream, prepared));
+      }
+    } catch (err) {
+      if (isCustosError(err) && err.code !== 'audit_unavailable') throw err;
+      throw new CustosError('audit_unavailable', 'the activity events could not be written', { cause: isCustosError(err) ? (err.cause ?? err) : err });
     }
-    // Committed without waiting for its sync (on SQLite an fsync off the event loop), so the next batch can be
-    // written meanwhile; the group committer answers this batch's callers once it is durable.
-    const store = this.#storage.tenant(stream);
-    const result = await unavailableUnlessCustos(store.transaction((db) => this.#appendTenant(db, stream, prepared), { deferSync: true }));
-    const durable = unavailableUnlessCustos(store.durable()).then(async () => {
-      if (result.checkpoint) await this.#sink.exportQuietly(stream);
-    });
-    return { results: result.events, durable };
+    if (result.checkpoint) await this.#sink.exportQuietly(stream);
+    return result.events;
   }
 
   /** Runs `fn` against the stream's store: in a tenant transaction, or on the control plane. */
   async #read<T>(tenantId: string | null, fn: (db: ChainDb, store: ChainStore) => Promise<T>): Promise<T> {
     if (tenantId === null) return fn(this.#storage.control, this.#providerStore);
     return this.#storage.tenant(tenantId).transaction((db) => fn(db, this.#tenantStore));
-  }
-
-  /**
-   * {@link #read} after making every commit of the stream's store durable: for
-   * reads whose events leave Custos (the API, exports, the checkpoint sink).
-   * Group commits are synced after they commit (see `#writeBatch`), so for
-   * the length of one `fsync` a reader could otherwise see an event a power
-   * loss would take back, and hand it to someone who keeps it.
-   */
-  async #durableRead<T>(tenantId: string | null, fn: (db: ChainDb, store: ChainStore) => Promise<T>): Promise<T> {
-    if (tenantId !== null) await this.#storage.tenant(tenantId).sync();
-    return this.#read(tenantId, fn);
   }
 
   /** Runs `fn` in one write transaction of the stream's store. */
@@ -281,7 +259,7 @@ export class AuditService {
       throw new CustosError('validation_failed', `limit must be from 1 to ${MAX_QUERY_LIMIT}`);
     }
     const before = q.cursor === undefined ? undefined : decodeCursor(q.cursor);
-    const rows = await this.#durableRead(tenantId, (db, store) => store.page(db, f, before === undefined ? {} : { beforeSeq: before }, q.limit + 1));
+    const rows = await this.#read(tenantId, (db, store) => store.page(db, f, before === undefined ? {} : { beforeSeq: before }, q.limit + 1));
     const page: AuditPage = { events: rows.slice(0, q.limit).map((r) => ({ seq: r.seq, ...(JSON.parse(r.body) as Omit<AuditEvent, 'seq'>) })) };
     if (rows.length > q.limit) page.nextCursor = encodeCursor(page.events[page.events.length - 1]!.seq);
     return page;
@@ -298,7 +276,7 @@ export class AuditService {
     if (format === 'csv') yield csvHeader();
     let after = 0;
     for (;;) {
-      const rows = await this.#durableRead(tenantId, (db, store) => store.page(db, f, { afterSeq: after }, EXPORT_PAGE));
+      const rows = await this.#read(tenantId, (db, store) => store.page(db, f, { afterSeq: after }, EXPORT_PAGE));
       if (rows.length > 0) yield rows.map((r) => (format === 'jsonl' ? jsonlLine(r.seq, r.body) : csvLine(r.seq, r.body))).join('');
       if (rows.length < EXPORT_PAGE) return;
       after = rows[rows.length - 1]!.seq;

@@ -17,16 +17,6 @@ export interface GroupCommitStats {
   failures: number;
 }
 
-/**
- * What `write` may return instead of the results alone: the results of a
- * batch that is committed but not yet durable, and when it will be.
- */
-export interface Written<R> {
-  results: R[];
-  /** Settles once the batch is durable (or rejects if it cannot be made so). */
-  durable: Promise<void>;
-}
-
 interface Pending<T, R> {
   item: T;
   resolve: (r: R) => void;
@@ -43,27 +33,22 @@ interface Queue<T, R> {
  * Group commit: callers submit items and wait; items of one key (one stream)
  * are written together by `write` in one transaction, so a busy node pays one
  * commit (one fsync) per batch instead of per item. At most one batch per key
- * is being written at a time; what arrives meanwhile forms the next batch, so
- * batches grow with load and an idle stream waits at most `maxDelayMs`.
+ * is in flight; what arrives meanwhile forms the next batch, so batches grow
+ * with load and an idle stream waits at most `maxDelayMs`.
  *
  * `write` must return one result per item, in order, and resolve only once
- * the batch is durable — or resolve once it is committed with a
- * {@link Written} whose `durable` says when it is durable: the next batch is
- * then written meanwhile (a sync that starts after it covers both), and the
- * callers are answered when theirs is durable. If `write` or `durable`
- * rejects, every item of that batch is rejected with the error.
+ * the batch is durable. If it throws, every item of that batch is rejected
+ * with the error.
  */
 export class GroupCommitter<T, R> {
-  readonly #write: (key: string, items: T[]) => Promise<R[] | Written<R>>;
-  /** Batches written whose durability is still awaited. */
-  readonly #syncing = new Set<Promise<void>>();
+  readonly #write: (key: string, items: T[]) => Promise<R[]>;
   readonly #maxBatch: number;
   readonly #maxDelayMs: number;
   readonly #queues = new Map<string, Queue<T, R>>();
   readonly #stats: GroupCommitStats = { transactions: 0, items: 0, failures: 0 };
   #closed = false;
 
-  constructor(write: (key: string, items: T[]) => Promise<R[] | Written<R>>, opts: GroupCommitOptions = {}) {
+  constructor(write: (key: string, items: T[]) => Promise<R[]>, opts: GroupCommitOptions = {}) {
     this.#write = write;
     this.#maxBatch = opts.maxBatch ?? 256;
     this.#maxDelayMs = opts.maxDelayMs ?? 2;
@@ -120,50 +105,27 @@ export class GroupCommitter<T, R> {
   async #run(key: string, batch: Pending<T, R>[]): Promise<void> {
     this.#stats.transactions++;
     let results: R[];
-    let durable: Promise<void> | undefined;
     try {
-      const written = await this.#write(
+      results = await this.#write(
         key,
         batch.map((p) => p.item),
       );
-      ({ results, durable } = Array.isArray(written) ? { results: written, durable: undefined } : written);
       if (results.length !== batch.length) throw new Error('group commit writer returned the wrong number of results');
     } catch (err) {
-      this.#fail(batch, err);
+      this.#stats.failures++;
+      for (const p of batch) p.reject(err);
       return;
     }
-    if (!durable) {
-      this.#answer(batch, results);
-      return;
-    }
-    // The next batch may be written now; these callers wait for theirs to be durable.
-    const answered = durable.then(
-      () => this.#answer(batch, results),
-      (err: unknown) => this.#fail(batch, err),
-    );
-    this.#syncing.add(answered);
-    void answered.finally(() => this.#syncing.delete(answered));
-  }
-
-  #answer(batch: Pending<T, R>[], results: R[]): void {
     this.#stats.items += batch.length;
     batch.forEach((p, i) => p.resolve(results[i]!));
   }
 
-  #fail(batch: Pending<T, R>[], err: unknown): void {
-    this.#stats.failures++;
-    for (const p of batch) p.reject(err);
-  }
-
-  /** Writes everything queued and waits for it to be durable; later submissions are refused. */
+  /** Writes everything queued and waits for it; later submissions are refused. */
   async close(): Promise<void> {
     this.#closed = true;
     for (;;) {
       const pending = [...this.#queues.entries()];
-      if (pending.length === 0) {
-        await Promise.all(this.#syncing);
-        return;
-      }
+      if (pending.length === 0) return;
       for (const [key, q] of pending) this.#flush(key, q);
       await Promise.all(pending.flatMap(([, q]) => (q.flushing ? [q.flushing.catch(() => undefined)] : [])));
       for (const [key, q] of pending) {

@@ -9,12 +9,8 @@ import type { ControlDB, TenantDB } from './schema.js';
  */
 export interface TenantStore {
   readonly tenantId: string;
-  /**
-   * Runs `fn` in one transaction bound to this tenant. Commits when `fn`
-   * resolves, rolls back when it throws; resolves once the commit is durable
-   * (with `deferSync`, once it is written: see {@link TransactionOptions}).
-   */
-  transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>, opts?: TransactionOptions): Promise<T>;
+  /** Runs `fn` in one transaction bound to this tenant. Commits when `fn` resolves, rolls back when it throws. */
+  transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T>;
   /**
    * Runs read-only `fn` without a transaction: plain statements on one of the
    * tenant's connections, each statement its own snapshot (no BEGIN and
@@ -24,34 +20,6 @@ export interface TenantStore {
    * {@link transaction}.
    */
   read<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T>;
-  /**
-   * Resolves once every transaction this process committed to the store so
-   * far is durable, rejects if one cannot be made so: what a caller of a
-   * `deferSync` transaction awaits before it acknowledges anything the
-   * transaction did. Concurrent callers share one sync.
-   */
-  durable(): Promise<void>;
-  /**
-   * Resolves once every transaction any process committed to the store so
-   * far is durable: a barrier for readers that copy data out of Custos
-   * (`deferSync` commits are visible before they are durable).
-   */
-  sync(): Promise<void>;
-}
-
-export interface TransactionOptions {
-  /**
-   * Resolve once the commit is written, without waiting for it to be
-   * durable; the caller awaits {@link TenantStore.durable} before it
-   * acknowledges anything the transaction did. Meanwhile other readers may
-   * see the commit, and the caller may commit more (one sync then covers
-   * them all). For group commits of activity events: on SQLite the `fsync`
-   * of each commit otherwise holds the event loop, and every request of the
-   * process with it (on a VM's disk, now and then for tens of milliseconds).
-   * PostgreSQL commits are durable before they are visible and never hold
-   * the event loop: there it changes nothing.
-   */
-  deferSync?: boolean;
 }
 
 /** Where a tenant's data lives, for `tenant show` and operators. */

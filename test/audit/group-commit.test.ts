@@ -51,65 +51,6 @@ describe('GroupCommitter', () => {
     expect(written).toEqual([1]);
     await expect(gc.submit('k', 2)).rejects.toMatchObject({ code: 'audit_unavailable', message: expect.stringMatching(/closing/) });
   });
-
-  /** A writer whose batches are committed at once and made durable only when the test says so. */
-  function deferredWriter() {
-    const written: number[][] = [];
-    const syncs: { resolve: () => void; reject: (err: Error) => void }[] = [];
-    const gc = new GroupCommitter<number, number>(
-      async (_key, items) => {
-        written.push([...items]);
-        const durable = new Promise<void>((resolve, reject) => syncs.push({ resolve, reject }));
-        return { results: items.map((i) => i * 10), durable };
-      },
-      { maxDelayMs: 1 },
-    );
-    return { gc, written, syncs };
-  }
-  const answered = async (p: Promise<unknown>) => {
-    let done = false;
-    p.then(
-      () => (done = true),
-      () => (done = true),
-    );
-    await new Promise((r) => setTimeout(r, 20));
-    return done;
-  };
-
-  it('with durability deferred, writes the next batch while the last one waits, and answers each batch only once it is durable', async () => {
-    const { gc, written, syncs } = deferredWriter();
-    const a = gc.submit('k', 1);
-    await new Promise((r) => setTimeout(r, 5));
-    const b = gc.submit('k', 2);
-    const c = gc.submit('k', 3);
-    await new Promise((r) => setTimeout(r, 5));
-    // The second batch was written although the first is not durable yet; nobody is answered.
-    expect(written).toEqual([[1], [2, 3]]);
-    expect(await answered(a)).toBe(false);
-    syncs[1]!.resolve();
-    expect(await b).toBe(20);
-    expect(await c).toBe(30);
-    expect(await answered(a)).toBe(false);
-    syncs[0]!.resolve();
-    expect(await a).toBe(10);
-    expect(gc.stats).toEqual({ transactions: 2, items: 3, failures: 0 });
-  });
-
-  it('rejects only the callers of a batch whose durability failed; close waits for durability still pending', async () => {
-    const { gc, syncs } = deferredWriter();
-    const a = gc.submit('k', 1);
-    await new Promise((r) => setTimeout(r, 5));
-    const b = gc.submit('k', 2);
-    await new Promise((r) => setTimeout(r, 5));
-    syncs[0]!.reject(new Error('EIO'));
-    await expect(a).rejects.toThrow('EIO');
-    const closing = gc.close();
-    expect(await answered(closing)).toBe(false);
-    syncs[1]!.resolve();
-    await closing;
-    expect(await b).toBe(20);
-    expect(gc.stats).toEqual({ transactions: 2, items: 1, failures: 1 });
-  });
 });
 
 describeEachStorage('activity stream: group commit', (kind) => {

@@ -57,9 +57,6 @@ class PostgresTenantStore implements TenantStore {
   async read<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
     return this.#storage.tenantKysely(this.tenantId).connection().execute(fn);
   }
-  /** A PostgreSQL commit is durable before it resolves, and before other sessions see it. */
-  async durable(): Promise<void> {}
-  async sync(): Promise<void> {}
 }
 
 /**

@@ -1,4 +1,4 @@
-import { closeSync, existsSync, mkdirSync, openSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { Kysely, SqliteDialect, sql } from 'kysely';
 import { CustosError } from '../../core/errors.js';
@@ -9,10 +9,9 @@ import { runMigrations } from '../migrations/migration.js';
 import { controlMigrations } from '../migrations/control/index.js';
 import { tenantMigrations } from '../migrations/tenant/index.js';
 import type { ControlDB, TenantDB } from '../schema.js';
-import type { MigrationReport, Storage, TenantStore, TenantStoreLocation, TransactionOptions } from '../storage.js';
+import type { MigrationReport, Storage, TenantStore, TenantStoreLocation } from '../storage.js';
 import type Database from 'better-sqlite3';
 import { BUSY_TIMEOUT_MS, cachingSqliteDatabase, openSqliteFile, type OpenSqliteOptions } from './sqlite-database.js';
-import { FsyncThread } from './fsync-thread.js';
 import { WalCheckpointer, type WalCheckpointerOptions } from './wal-checkpointer.js';
 
 const SQLITE_BUSY = /^SQLITE_BUSY/;
@@ -46,146 +45,20 @@ async function beginImmediate<DB>(conn: Kysely<DB>): Promise<void> {
  * Kysely's SQLite driver has one connection guarded by a mutex: transactions
  * of one process run one after another.
  */
-export async function sqliteWriteTransaction<DB, T>(db: Kysely<DB>, fn: (db: Kysely<DB>) => Promise<T>, unsynced?: UnsyncedCommit): Promise<T> {
+export async function sqliteWriteTransaction<DB, T>(db: Kysely<DB>, fn: (db: Kysely<DB>) => Promise<T>): Promise<T> {
   return db.connection().execute(async (conn) => {
-    // Per connection, and only between transactions: the pragma is set and restored while this one holds the connection.
-    unsynced?.deferSync.run();
+    await beginImmediate(conn);
+    let result: T;
     try {
-      await beginImmediate(conn);
-      let result: T;
-      try {
-        result = await fn(conn);
-      } catch (err) {
-        await sql`rollback`.execute(conn).catch(() => undefined);
-        throw err;
-      }
-      await sql`commit`.execute(conn);
-      unsynced?.committed();
-      return result;
-    } finally {
-      unsynced?.syncInCommit.run();
+      result = await fn(conn);
+    } catch (err) {
+      await sql`rollback`.execute(conn).catch(() => undefined);
+      throw err;
     }
+    await sql`commit`.execute(conn);
+    return result;
   });
 }
-
-/**
- * A write transaction committed with `synchronous = NORMAL` on a WAL
- * connection: SQLite writes the commit's frames to the WAL without `fsync`
- * (with `FULL` it syncs the WAL in the commit, on the calling thread), and
- * `committed` notes that the WAL holds frames not yet durable. The two
- * pragmas are prepared once (`Database.pragma` prepares anew each call).
- */
-interface UnsyncedCommit {
-  deferSync: Database.Statement;
-  syncInCommit: Database.Statement;
-  committed(): void;
-}
-
-/**
- * Makes a tenant file's commits durable after they were written: `fsync` of
- * its WAL on a thread of its own (`FsyncThread`), never on the event loop.
- * `fsync` flushes a file's data whichever descriptor wrote it, and a WAL is
- * only appended to (or restarted from its start after a checkpoint, which
- * syncs first), so a sync that starts after a commit covers it and every
- * commit before it — of this process or another. Closing syncs what is
- * still pending.
- */
-export class WalSync {
-  readonly #file: string;
-  readonly #fsync: (fd: number) => Promise<void>;
-  #fd: number | undefined;
-  /** A commit was noted since the last sync started. */
-  #dirty = false;
-  /** The sync in flight, if any. */
-  #current: Promise<void> | undefined;
-  /** The sync that starts when the current one ends: shared by every caller that arrives meanwhile. */
-  #next: Promise<void> | undefined;
-  #closed = false;
-
-  constructor(dbFile: string, fsyncFd: (fd: number) => Promise<void>) {
-    this.#file = `${dbFile}-wal`;
-    this.#fsync = fsyncFd;
-  }
-
-  committed(): void {
-    this.#dirty = true;
-  }
-
-  /**
-   * Resolves once every commit this process noted so far is durable — with
-   * `everyone`, every commit any process has made to the file so far — and
-   * rejects if the `fsync` that covers it failed. One `fsync` at a time:
-   * callers that arrive while one is in flight share the next.
-   */
-  sync(everyone = false): Promise<void> {
-    // Nothing noted since the sync in flight (or the last one) started: it covers everything.
-    if (!this.#dirty && !everyone) return this.#current ?? Promise.resolve();
-    if (this.#next) return this.#next;
-    if (!this.#current) return this.#start();
-    const next = this.#current
-      .catch(() => undefined)
-      .then(() => {
-        this.#next = undefined;
-        return this.#start();
-      });
-    this.#next = next;
-    return next;
-  }
-
-  #start(): Promise<void> {
-    if (this.#closed) return Promise.reject(new Error('WAL sync after close'));
-    let fd: number | undefined;
-    try {
-      fd = this.#fd ??= this.#dirty ? openSync(this.#file, 'r+') : openIfExists(this.#file);
-    } catch (err) {
-      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
-    }
-    // No WAL yet: nothing was ever committed through one.
-    if (fd === undefined) return Promise.resolve();
-    this.#dirty = false;
-    const done: Promise<void> = this.#fsync(fd).then(
-      () => {
-        if (this.#current === done) this.#current = undefined;
-      },
-      (err: unknown) => {
-        if (this.#current === done) this.#current = undefined;
-        // Not known to be durable: the next caller syncs again.
-        this.#dirty = true;
-        throw err;
-      },
-    );
-    this.#current = done;
-    return done;
-  }
-
-  /** After the connection closed: syncs what is pending, then closes the descriptor. */
-  async close(): Promise<void> {
-    try {
-      await this.#next?.catch(() => undefined);
-      await this.#current?.catch(() => undefined);
-      if (this.#dirty) {
-        this.#fd ??= openIfExists(this.#file);
-        // No file: SQLite's close checkpointed the WAL into the database file (syncing both) and removed it.
-        if (this.#fd === undefined) this.#dirty = false;
-      }
-      await this.sync();
-    } finally {
-      this.#closed = true;
-      if (this.#fd !== undefined) closeSync(this.#fd);
-      this.#fd = undefined;
-    }
-  }
-}
-
-function openIfExists(file: string): number | undefined {
-  try {
-    return openSync(file, 'r+');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw err;
-  }
-}
-
 
 /**
  * Runs read-only `fn` as plain statements on the store's connection, each
@@ -219,14 +92,10 @@ interface TenantConnections {
   readonly writer: Kysely<TenantDB>;
   readonly writerHandle: Database.Database;
   reader: Kysely<TenantDB> | undefined;
-  /** Syncs the writer's commits made with `deferSync`. */
-  readonly wal: WalSync;
-  readonly unsynced: UnsyncedCommit;
 }
 
 async function closeConnections(c: TenantConnections): Promise<void> {
   await Promise.all([c.writer.destroy(), c.reader?.destroy()]);
-  await c.wal.close();
 }
 
 class SqliteTenantStore implements TenantStore {
@@ -236,20 +105,13 @@ class SqliteTenantStore implements TenantStore {
     this.#storage = storage;
     this.tenantId = tenantId;
   }
-  async transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>, opts?: TransactionOptions): Promise<T> {
-    const c = this.#storage.tenantConnections(this.tenantId);
-    const result = await sqliteWriteTransaction(c.writer, fn, opts?.deferSync ? c.unsynced : undefined);
+  async transaction<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
+    const result = await sqliteWriteTransaction(this.#storage.openTenant(this.tenantId), fn);
     this.#storage.afterCommit(this.tenantId);
     return result;
   }
-  async durable(): Promise<void> {
-    await this.#storage.tenantConnections(this.tenantId).wal.sync();
-  }
   async read<T>(fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
     return sqlitePlainRead(this.#storage.tenantReader(this.tenantId), fn);
-  }
-  async sync(): Promise<void> {
-    await this.#storage.syncTenant(this.tenantId);
   }
 }
 
@@ -266,17 +128,10 @@ export class SqliteStorage implements Storage {
   readonly #tenants = new Map<string, TenantConnections>();
   readonly #checkpointer: WalCheckpointer;
 
-  readonly #fsync: (fd: number) => Promise<void>;
-  readonly #fsyncThread = new FsyncThread();
-
-  /**
-   * `checkpoints`: how the WAL checkpointer runs (tests shorten its interval or give it a failing worker).
-   * `fsync`: how a WAL is synced after a `deferSync` transaction (tests delay it or make it fail).
-   */
-  constructor(dataDir: string, clock: Clock, opts: { checkpoints?: Omit<WalCheckpointerOptions, 'onUnavailable'>; fsync?: (fd: number) => Promise<void> } = {}) {
+  /** `checkpoints`: how the WAL checkpointer runs (tests shorten its interval or give it a failing worker). */
+  constructor(dataDir: string, clock: Clock, opts: { checkpoints?: Omit<WalCheckpointerOptions, 'onUnavailable'> } = {}) {
     this.#dataDir = dataDir;
     this.#clock = clock;
-    this.#fsync = opts.fsync ?? ((fd) => this.#fsyncThread.sync(fd));
     this.#checkpointer = new WalCheckpointer({
       ...opts.checkpoints,
       // Without the worker, the write connections checkpoint in their commits again, as SQLite does by default.
@@ -322,8 +177,7 @@ export class SqliteStorage implements Storage {
       const file = this.#tenantFile(tenantId);
       if (fileMustExist && !existsSync(file)) throw new CustosError('tenant_not_found');
       const { db, raw } = openConnection<TenantDB>(file, { fileMustExist, busyTimeoutMs: 0, autoCheckpoint: !this.#checkpointer.available });
-      const wal = new WalSync(file, this.#fsync);
-      c = { writer: db, writerHandle: raw, reader: undefined, wal, unsynced: { deferSync: raw.prepare('pragma synchronous = NORMAL'), syncInCommit: raw.prepare('pragma synchronous = FULL'), committed: () => wal.committed() } };
+      c = { writer: db, writerHandle: raw, reader: undefined };
       this.#tenants.set(tenantId, c);
     }
     return c;
@@ -342,16 +196,6 @@ export class SqliteStorage implements Storage {
   /** The tenant's write connection (transactions), opened on first use. Fails if the store does not exist. */
   openTenant(tenantId: string): Kysely<TenantDB> {
     return this.#connections(tenantId).writer;
-  }
-
-  /** The tenant's connections in this process, opened on first use. Fails if the store does not exist. */
-  tenantConnections(tenantId: string): TenantConnections {
-    return this.#connections(tenantId);
-  }
-
-  /** Makes the tenant's commits so far durable, this process's and others' (see `TenantStore.sync`). */
-  async syncTenant(tenantId: string): Promise<void> {
-    await this.#connections(tenantId).wal.sync(true);
   }
 
   /** The tenant's read connection (plain reads), opened on first use. Fails if the store does not exist. */
@@ -422,7 +266,6 @@ export class SqliteStorage implements Storage {
     const all = [...this.#tenants.values()];
     this.#tenants.clear();
     await Promise.all(all.map(closeConnections));
-    await this.#fsyncThread.close();
     await this.control.destroy();
   }
 }
