@@ -4,7 +4,7 @@
 //     batch merge API over HTTPS, 10,000 per request (the first half one request at a time, the second half two
 //     at a time; the overall rate is reported against the baselines) — baseline: the same rows inserted unencrypted with plain
 //     SQL (better-sqlite3, same durability: WAL + synchronous=FULL, 10,000 per transaction), once into a table with
-//     a primary key only and once into Custos's own records table with its lookup indexes;
+//     a primary key only and once into Custos's own records table with its indexes and lookup-key tables;
 //     target >= 50,000 records/s (on SQLite); on PostgreSQL the baselines are the same rows through `pg`, multi-row
 //     inserts of 200, 10,000 per transaction, into a primary-key-only table and into a copy of the tenant's records
 //     table (`LIKE … INCLUDING ALL`: the same columns, keys and indexes);
@@ -134,9 +134,10 @@ const { baseRate, sameRate } = KIND === 'postgres' ? await postgresBaselines() :
 /**
  * SQLite baselines, same durability (WAL, synchronous=FULL) and 10,000 rows per transaction:
  * A — the rows in a table with a primary key only, one insert statement per row;
- * B — Custos's own records table and indexes (DDL read from the tenant's store), values unencrypted (personal
- * values as JSON text, oHashes and lookup keys from plain SHA-256/MD5), multi-row inserts of 200 as Custos does.
- * The gap between A and B is the price of the lookup indexes alone.
+ * B — Custos's own records table and indexes, and its lookup-key tables (DDL read from the tenant's store), values
+ * unencrypted (personal values as JSON text, oHashes and lookup keys from plain SHA-256/MD5), multi-row inserts of
+ * 200 as Custos does, and the key entries per batch, one table at a time in key order, as Custos writes them.
+ * The gap between A and B is the price of the lookup keys alone.
  */
 function sqliteBaselines() {
   const baselineDb = new Database(path.join(dir, 'baseline.db'));
@@ -152,21 +153,38 @@ function sqliteBaselines() {
   const baseRate = N / ((performance.now() - start) / 1000);
   baselineDb.close();
   const storeFile = path.join(dir, 'tenants', `${t.id}.db`);
-  const ddl = new Database(storeFile, { readonly: true }).prepare("select sql from sqlite_master where tbl_name = 'records' and sql is not null").all().map((r) => r.sql);
+  // The records table with its indexes, and the lookup-key tables that SQLite stores keep beside it (migration 0010).
+  const ddl = new Database(storeFile, { readonly: true }).prepare("select sql from sqlite_master where tbl_name in ('records', 'record_keys_sha256', 'record_keys_md5', 'record_keys_mobile') and sql is not null").all().map((r) => r.sql);
   const sameDb = new Database(path.join(dir, 'baseline-same-schema.db'));
   sameDb.pragma('journal_mode = WAL');
   sameDb.pragma('synchronous = FULL');
   sameDb.pragma('cache_size = -32768');
   for (const sql of ddl) sameDb.exec(sql);
   const ROWS = 200;
-  const multi = sameDb.prepare(`insert into records (${SAME_COLUMNS}) values ${Array(ROWS).fill('(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)').join(', ')}`);
-  const one = sameDb.prepare(`insert into records (${SAME_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`);
+  const multi = sameDb.prepare(`insert into records (${SAME_COLUMNS}, seq) values ${Array(ROWS).fill('(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)').join(', ')}`);
+  const one = sameDb.prepare(`insert into records (${SAME_COLUMNS}, seq) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`);
+  // Key entries as Custos writes them: per batch, one table at a time, in key order, 300 per statement.
+  const KEYS = 300;
+  const keyTables = [
+    ['record_keys_sha256', 5],
+    ['record_keys_md5', 6],
+    ['record_keys_mobile', 7],
+  ].map(([table, at]) => ({ at, multi: sameDb.prepare(`insert into ${table} (list_key, k, seq) values ${Array(KEYS).fill('(?, ?, ?)').join(', ')}`), one: sameDb.prepare(`insert into ${table} (list_key, k, seq) values (?, ?, ?)`) }));
   const insertSame = sameDb.transaction((from, to) => {
-    for (let b = from; b < to; b += ROWS) {
-      const params = [];
-      for (let i = b; i < Math.min(b + ROWS, to); i++) params.push(...rowOf(i));
-      if (params.length === ROWS * 12) multi.run(params);
-      else for (let k = 0; k < params.length; k += 12) one.run(params.slice(k, k + 12));
+    const rows = [];
+    for (let i = from; i < to; i++) rows.push([...rowOf(i), i + 1]);
+    for (let b = 0; b < rows.length; b += ROWS) {
+      const part = rows.slice(b, b + ROWS);
+      if (part.length === ROWS) multi.run(part.flat());
+      else for (const r of part) one.run(r);
+    }
+    for (const kt of keyTables) {
+      const entries = rows.map((r) => [1, r[kt.at], r[12]]).sort((a, b) => a[1] - b[1] || a[2] - b[2]);
+      for (let b = 0; b < entries.length; b += KEYS) {
+        const part = entries.slice(b, b + KEYS);
+        if (part.length === KEYS) kt.multi.run(part.flat());
+        else for (const e of part) kt.one.run(e);
+      }
     }
   });
   start = performance.now();

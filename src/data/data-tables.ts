@@ -33,6 +33,21 @@ export interface RecordsTable {
   protected: Buffer | null;
   created_at: number;
   updated_at: number;
+  /**
+   * SQLite only (null or absent on PostgreSQL): the record's number in its
+   * list, unique with `list_key`, which the lookup-key tables name it by.
+   */
+  seq?: number | null;
+}
+
+/**
+ * SQLite only: one lookup key of a record (`k_sha256`, `k_md5` or
+ * `k_mobile`, see migration 0010), in a table per kind.
+ */
+export interface RecordKeyTable {
+  list_key: number;
+  k: number;
+  seq: number;
 }
 
 /** Blind indexes (protected fields) and values (plain fields) of indexed custom fields. */
@@ -48,5 +63,8 @@ declare module '../storage/schema.js' {
     lists: ListsTable;
     records: RecordsTable;
     record_index: RecordIndexTable;
+    record_keys_sha256: RecordKeyTable;
+    record_keys_md5: RecordKeyTable;
+    record_keys_mobile: RecordKeyTable;
   }
 }

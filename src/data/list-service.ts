@@ -11,6 +11,7 @@ import type { Storage } from '../storage/storage.js';
 import type { ListsTable } from './data-tables.js';
 import { CLASSIFICATIONS, checkFieldDef, checkSchema, checkValue, type Classification, type FieldDef } from './fields.js';
 import { LIST_OBJECT, indexValue, openProtected, sealProtected } from './record-codec.js';
+import { RecordKeys } from './record-keys.js';
 
 export interface ListView {
   id: string;
@@ -47,12 +48,14 @@ function fail(why: string): never {
  */
 export class ListService {
   readonly #storage: Storage;
+  readonly #recordKeys: RecordKeys;
   readonly #clock: Clock;
   readonly #keys: KeyService;
   readonly #audit: AuditService;
 
   constructor(deps: { storage: Storage; clock: Clock; keys: KeyService; audit: AuditService }) {
     this.#storage = deps.storage;
+    this.#recordKeys = new RecordKeys(deps.storage.adapter);
     this.#clock = deps.clock;
     this.#keys = deps.keys;
     this.#audit = deps.audit;
@@ -159,6 +162,7 @@ export class ListService {
       const { row } = await this.load(db, auth, listId, 'lists.write');
       const count = await db.deleteFrom('records').where('list_key', '=', row.key).executeTakeFirst();
       await db.deleteFrom('record_index').where('list_key', '=', row.key).execute();
+      await this.#recordKeys.removeList(db, row.key);
       await db.deleteFrom('lists').where('id', '=', listId).execute();
       await db.deleteFrom('data_keys').where('object_type', '=', LIST_OBJECT).where('object_id', '=', listId).execute();
       this.#forget(tenantId, listId);

@@ -18,6 +18,7 @@ import type { ListService, LoadedList } from './list-service.js';
 import { ohashes } from './ohash.js';
 import { LIST_OBJECT, decodeRecord, encodeRecord, indexValue, lookupKey, normaliseForMatch, openProtected, sealProtected } from './record-codec.js';
 import { redact } from './redaction.js';
+import { RecordKeys, rekeyed, type KeyColumn, type KeyedRecord } from './record-keys.js';
 import { csvHeader, type ExportPage, type ExportShape } from './export-format.js';
 import { ExportRenderer } from './export-renderer.js';
 
@@ -80,6 +81,12 @@ function lineError(line: number, reason: string, field?: string): LineError {
   return field === undefined ? { line, reason } : { line, field, reason };
 }
 
+/** A stored record's lookup keys and number (on SQLite every stored record has one). */
+function keyedRecord(r: { seq?: number | null; k_sha256: number | null; k_md5: number | null; k_mobile: number | null }): KeyedRecord {
+  if (r.seq === null || r.seq === undefined) throw new Error('a stored record has no number in its list');
+  return { seq: Number(r.seq), k_sha256: r.k_sha256, k_md5: r.k_md5, k_mobile: r.k_mobile };
+}
+
 function chunks<T>(xs: readonly T[], n: number): T[][] {
   const out: T[][] = [];
   for (let i = 0; i < xs.length; i += n) out.push(xs.slice(i, i + n));
@@ -129,6 +136,7 @@ export class RecordService {
   readonly #audit: AuditService;
   readonly #lists: ListService;
   readonly #adapter: StorageAdapter;
+  readonly #recordKeys: RecordKeys;
 
   readonly #log: Logger | undefined;
   readonly #renderer: ExportRenderer;
@@ -143,6 +151,7 @@ export class RecordService {
     this.#audit = deps.audit;
     this.#lists = deps.lists;
     this.#adapter = deps.storage.adapter;
+    this.#recordKeys = new RecordKeys(deps.storage.adapter);
   }
 
   #keysOf(db: Kysely<TenantDB>, tenantId: string, listId: string): Promise<ObjectKeys> {
@@ -289,13 +298,8 @@ export class RecordService {
     // Emails are found through their oHash key, then compared on the blind index.
     const byEmail = rows.filter((r) => r.row.email_bi !== null);
     for (const part of chunks(byEmail, CHUNK)) {
-      const found = await db
-        .selectFrom('records')
-        .select(['id', 'email_bi'])
-        .where('list_key', '=', listKey)
-        .where('k_sha256', 'in', [...new Set(part.map((r) => r.row.k_sha256!))])
-        .where('email_bi', 'is not', null)
-        .execute();
+      const candidates = this.#recordKeys.whereKey(db.selectFrom('records').select(['id', 'email_bi']).where('list_key', '=', listKey), db, listKey, 'k_sha256', [...new Set(part.map((r) => r.row.k_sha256!))]);
+      const found = await candidates.where('email_bi', 'is not', null).execute();
       const owner = new Map(found.map((f) => [f.email_bi!.toString('base64'), f.id]));
       for (const r of part) {
         const o = owner.get(r.row.email_bi!.toString('base64'));
@@ -316,12 +320,26 @@ export class RecordService {
     if (errors.length > 0) throw batchError(errors);
 
     const inserts = rows.filter((r) => r.item.target === null);
+    const recordKeys = this.#recordKeys;
+    // SQLite: new records are numbered in their list (the caller holds the write lock), and their lookup keys go to the key tables.
+    const firstSeq = recordKeys.tables && inserts.length > 0 ? await recordKeys.nextSeq(db, listKey) : 0;
+    const inserted = inserts.map((r, i) => (recordKeys.tables ? { ...r.row, seq: firstSeq + i } : r.row));
     // Multi-row inserts: a few statements for thousands of records.
-    for (const part of chunks(inserts, 200)) await db.insertInto('records').values(part.map((r) => r.row)).execute();
+    for (const part of chunks(inserted, 200)) await db.insertInto('records').values(part).execute();
+    if (recordKeys.tables) await recordKeys.add(db, listKey, inserted.map(keyedRecord));
+    const rekeys = { remove: [] as KeyedRecord[], add: [] as KeyedRecord[] };
     for (const r of rows.filter((x) => x.item.target !== null)) {
       const { list_key: _l, id: _i, created_at: _c, ...set } = r.row;
       await db.updateTable('records').set(set).where('list_key', '=', listKey).where('id', '=', r.row.id).execute();
+      if (recordKeys.tables) {
+        const target = r.item.target!;
+        const change = rekeyed(keyedRecord(target), r.row);
+        if (change.remove) rekeys.remove.push(change.remove);
+        if (change.add) rekeys.add.push(change.add);
+      }
     }
+    await recordKeys.remove(db, listKey, rekeys.remove);
+    await recordKeys.add(db, listKey, rekeys.add);
     // Updated records: their index rows are rebuilt from the whole record after the write.
     const updatedIds = rows.filter((x) => x.item.target !== null).map((r) => r.row.id);
     for (const part of chunks(updatedIds, CHUNK)) await db.deleteFrom('record_index').where('list_key', '=', listKey).where('record_id', 'in', part).execute();
@@ -346,7 +364,7 @@ export class RecordService {
     });
     const column = matchKey === MD5 ? 'k_md5' : 'k_sha256';
     for (const part of chunks([...new Set(lookups)], CHUNK)) {
-      for (const row of await db.selectFrom('records').selectAll().where('list_key', '=', listKey).where(column, 'in', part).execute()) {
+      for (const row of await this.#recordKeys.whereKey(db.selectFrom('records').selectAll().where('list_key', '=', listKey), db, listKey, column, part).execute()) {
         const k = matchKey === EMAIL ? row.email_bi?.toString('base64') : matchKey === SHA256 ? row.email_sha256 : row.email_md5;
         if (k && !out.has(k)) out.set(k, row);
       }
@@ -583,6 +601,10 @@ export class RecordService {
       const ids = recordIds.filter((id) => typeof id === 'string' && isId(id));
       let deleted = 0;
       for (const part of chunks(ids, CHUNK)) {
+        if (this.#recordKeys.tables) {
+          const doomed = await db.selectFrom('records').select(['seq', 'k_sha256', 'k_md5', 'k_mobile']).where('list_key', '=', list.row.key).where('id', 'in', part).execute();
+          await this.#recordKeys.remove(db, list.row.key, doomed.map(keyedRecord));
+        }
         deleted += Number((await db.deleteFrom('records').where('list_key', '=', list.row.key).where('id', 'in', part).executeTakeFirst()).numDeletedRows);
         await db.deleteFrom('record_index').where('list_key', '=', list.row.key).where('record_id', 'in', part).execute();
       }
@@ -593,20 +615,21 @@ export class RecordService {
   }
 
   /** Adds one filter's condition to a query over `records`. */
-  #where(q: RecordsQuery, list: LoadedList, keys: ObjectKeys, filter: Filter): RecordsQuery {
+  #where(q: RecordsQuery, db: Kysely<TenantDB>, list: LoadedList, keys: ObjectKeys, filter: Filter): RecordsQuery {
+    const byKey = (column: KeyColumn, k: number) => this.#recordKeys.whereKey(q, db, list.row.key, column, [k]);
     const field = list.fields.find((f) => f.name === filter.field);
     if (!field) throw new CustosError('validation_failed', `unknown field ${filter.field.slice(0, 64)}`);
     const value = field.computed ? String(filter.value).toLowerCase() : checkValue(field, filter.value);
     if (field.name === CUSTOMER_ID) return q.where('records.customer_id', '=', String(value));
     if (field.name === EMAIL) {
-      return q.where('records.k_sha256', '=', lookupKey(ohashes(String(value)).sha256)).where('records.email_bi', '=', keys.blindIndex(EMAIL, normaliseForMatch(String(value))));
+      return byKey('k_sha256', lookupKey(ohashes(String(value)).sha256)).where('records.email_bi', '=', keys.blindIndex(EMAIL, normaliseForMatch(String(value))));
     }
     if (field.name === MOBILE) {
       const bi = keys.blindIndex(MOBILE, String(value).replace(/\D/g, ''));
-      return q.where('records.k_mobile', '=', lookupKey(bi)).where('records.mobile_bi', '=', bi);
+      return byKey('k_mobile', lookupKey(bi)).where('records.mobile_bi', '=', bi);
     }
-    if (field.name === SHA256) return q.where('records.k_sha256', '=', lookupKey(String(value))).where('records.email_sha256', '=', String(value));
-    if (field.name === MD5) return q.where('records.k_md5', '=', lookupKey(String(value))).where('records.email_md5', '=', String(value));
+    if (field.name === SHA256) return byKey('k_sha256', lookupKey(String(value))).where('records.email_sha256', '=', String(value));
+    if (field.name === MD5) return byKey('k_md5', lookupKey(String(value))).where('records.email_md5', '=', String(value));
     if (field.indexed) {
       const iv = indexValue(keys, field, value);
       return q.where((eb) =>
@@ -637,7 +660,7 @@ export class RecordService {
         if (!isId(opts.cursor)) throw new CustosError('validation_failed', 'bad cursor');
         q = q.where('records.id', '>', opts.cursor);
       }
-      for (const f of opts.filters ?? []) q = this.#where(q, list, keys, f);
+      for (const f of opts.filters ?? []) q = this.#where(q, db, list, keys, f);
       const rows = await q.execute();
       const page = rows.slice(0, limit);
       const values = await this.#decodeAll(db, tenantId, list, page);

@@ -1,0 +1,104 @@
+import { sql, type Kysely, type SelectQueryBuilder } from 'kysely';
+import type { StorageAdapter } from '../storage/adapter.js';
+import { RECORD_KEY_TABLES } from '../storage/migrations/tenant/0010-record-keys.js';
+import type { TenantDB } from '../storage/schema.js';
+
+/** A `records` column holding a lookup key: 48-bit prefixes of the SHA-256 and MD5 oHashes and of the mobile blind index. */
+export type KeyColumn = keyof typeof RECORD_KEY_TABLES;
+const KEY_COLUMNS = Object.keys(RECORD_KEY_TABLES) as KeyColumn[];
+
+/** A record's lookup keys and its number in its list. */
+export interface KeyedRecord {
+  seq: number;
+  k_sha256: number | null;
+  k_md5: number | null;
+  k_mobile: number | null;
+}
+
+/** Rows per multi-row insert or delete of key entries (3 parameters each). */
+const CHUNK = 300;
+
+function chunks<T>(xs: readonly T[], n: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < xs.length; i += n) out.push(xs.slice(i, i + n));
+  return out;
+}
+
+/**
+ * Where a tenant store keeps the lookup keys of records. SQLite: in three
+ * tables of their own (`record_keys_*`, see migration 0010), which every
+ * write of a record keeps in step with its `k_*` columns, inside the same
+ * transaction; records are found through them by `(list_key, seq)`.
+ * PostgreSQL: in indexes on the `k_*` columns of `records`, which the
+ * database keeps; nothing to do here.
+ */
+export class RecordKeys {
+  readonly tables: boolean;
+
+  constructor(adapter: StorageAdapter) {
+    this.tables = adapter.kind === 'sqlite';
+  }
+
+  /**
+   * Narrows a query over `records` of list `listKey` to records whose key
+   * `column` is one of `ks` (a hit on a 48-bit key is a candidate, to be
+   * confirmed on the full value by the caller).
+   */
+  whereKey<O>(q: SelectQueryBuilder<TenantDB, 'records', O>, db: Kysely<TenantDB>, listKey: number, column: KeyColumn, ks: number[]): SelectQueryBuilder<TenantDB, 'records', O> {
+    if (!this.tables) return ks.length === 1 ? q.where(`records.${column}`, '=', ks[0]!) : q.where(`records.${column}`, 'in', ks);
+    const seqs = db.selectFrom(RECORD_KEY_TABLES[column]).select('seq').where('list_key', '=', listKey).where('k', 'in', ks);
+    return q.where('records.list_key', '=', listKey).where('records.seq', 'in', seqs);
+  }
+
+  /** The first free record number of a list (SQLite), for records about to be inserted under the list's write lock. */
+  async nextSeq(db: Kysely<TenantDB>, listKey: number): Promise<number> {
+    const r = await db
+      .selectFrom('records')
+      .select((eb) => eb.fn.max('seq').as('m'))
+      .where('list_key', '=', listKey)
+      .executeTakeFirst();
+    return Number(r?.m ?? 0) + 1;
+  }
+
+  /** Adds the key entries of records just inserted or re-keyed (SQLite), each table's in key order. */
+  async add(db: Kysely<TenantDB>, listKey: number, records: readonly KeyedRecord[]): Promise<void> {
+    if (!this.tables || records.length === 0) return;
+    for (const column of KEY_COLUMNS) {
+      const entries = records
+        .filter((r) => r[column] !== null)
+        .map((r) => ({ list_key: listKey, k: r[column]!, seq: r.seq }))
+        .sort((a, b) => a.k - b.k || a.seq - b.seq);
+      for (const part of chunks(entries, CHUNK)) await db.insertInto(RECORD_KEY_TABLES[column]).values(part).execute();
+    }
+  }
+
+  /** Removes the key entries of records about to be deleted or re-keyed (SQLite), given their current keys. */
+  async remove(db: Kysely<TenantDB>, listKey: number, records: readonly KeyedRecord[]): Promise<void> {
+    if (!this.tables || records.length === 0) return;
+    for (const column of KEY_COLUMNS) {
+      const entries = records.filter((r) => r[column] !== null).map((r) => sql`(${r[column]}, ${r.seq})`);
+      for (const part of chunks(entries, CHUNK)) {
+        await sql`delete from ${sql.table(RECORD_KEY_TABLES[column])} where list_key = ${listKey} and (k, seq) in (values ${sql.join(part)})`.execute(db);
+      }
+    }
+  }
+
+  /** Removes every key entry of a list (SQLite), when the list is deleted. */
+  async removeList(db: Kysely<TenantDB>, listKey: number): Promise<void> {
+    if (!this.tables) return;
+    for (const column of KEY_COLUMNS) await db.deleteFrom(RECORD_KEY_TABLES[column]).where('list_key', '=', listKey).execute();
+  }
+}
+
+/** The key entries a record's write changes: what to remove (old keys) and add (new keys), for records already stored. */
+export function rekeyed(before: KeyedRecord, after: Omit<KeyedRecord, 'seq'>): { remove: KeyedRecord | null; add: KeyedRecord | null } {
+  const changed = KEY_COLUMNS.filter((c) => before[c] !== after[c]);
+  if (changed.length === 0) return { remove: null, add: null };
+  const pick = (r: Omit<KeyedRecord, 'seq'>): KeyedRecord => ({
+    seq: before.seq,
+    k_sha256: changed.includes('k_sha256') ? r.k_sha256 : null,
+    k_md5: changed.includes('k_md5') ? r.k_md5 : null,
+    k_mobile: changed.includes('k_mobile') ? r.k_mobile : null,
+  });
+  return { remove: pick(before), add: pick(after) };
+}

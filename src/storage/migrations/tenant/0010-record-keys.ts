@@ -1,0 +1,46 @@
+import { sql } from 'kysely';
+import type { Migration } from '../migration.js';
+
+/** The lookup-key tables of SQLite stores, by the `records` column each mirrors. */
+export const RECORD_KEY_TABLES = {
+  k_sha256: 'record_keys_sha256',
+  k_md5: 'record_keys_md5',
+  k_mobile: 'record_keys_mobile',
+} as const;
+
+/**
+ * SQLite only: the three lookup keys of records (48-bit prefixes of the
+ * SHA-256 and MD5 oHashes and of the mobile number's blind index) move from
+ * indexes on `records` into three small `WITHOUT ROWID` tables
+ * `(list_key, k, seq)`, which a batch fills one table at a time in key order.
+ *
+ * Why: the keys are random, so at a million records every 10,000-record
+ * batch dirtied nearly every leaf page of the three indexes, and SQLite
+ * writes each dirty page to the WAL in full (docs/PERFORMANCE.md: plain SQL
+ * into the records table ran at 16,000 rows/s with the indexes, 38,000 with
+ * these tables). `seq` is a per-list record number (unique with `list_key`),
+ * because an index entry that names the record by its 26-character id is
+ * twice the size, and SQLite's own rowid may change on `VACUUM`.
+ *
+ * PostgreSQL keeps the indexes on `records`: there each key would become a
+ * heap tuple plus an index entry, and its import got slower when tried.
+ */
+export const recordKeysMigrations: readonly Migration[] = [
+  {
+    name: '0010_record_keys',
+    async up(db, adapter) {
+      if (adapter.kind !== 'sqlite') return;
+      await db.schema.alterTable('records').addColumn('seq', 'integer').execute();
+      // Existing records are numbered per list in id order (ids are time-ordered).
+      await sql`update records set seq = n.seq from (select rowid as rid, row_number() over (partition by list_key order by id) as seq from records) as n where records.rowid = n.rid`.execute(db);
+      await db.schema.createIndex('records_seq_idx').on('records').columns(['list_key', 'seq']).unique().execute();
+      for (const [column, table] of Object.entries(RECORD_KEY_TABLES)) {
+        await sql`create table ${sql.table(table)} (list_key integer not null, k integer not null, seq integer not null, primary key (list_key, k, seq)) without rowid`.execute(db);
+        await sql`insert into ${sql.table(table)} (list_key, k, seq) select list_key, ${sql.ref(column)}, seq from records where ${sql.ref(column)} is not null order by list_key, ${sql.ref(column)}, seq`.execute(db);
+      }
+      await db.schema.dropIndex('records_sha256_idx').execute();
+      await db.schema.dropIndex('records_md5_idx').execute();
+      await db.schema.dropIndex('records_mobile_idx').execute();
+    },
+  },
+];
