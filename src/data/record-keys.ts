@@ -1,4 +1,4 @@
-import { sql, type Kysely, type SelectQueryBuilder } from 'kysely';
+import { CompiledQuery, sql, type Kysely, type SelectQueryBuilder } from 'kysely';
 import type { StorageAdapter } from '../storage/adapter.js';
 import { RECORD_KEY_TABLES } from '../storage/migrations/tenant/0010-record-keys.js';
 import type { TenantDB } from '../storage/schema.js';
@@ -15,8 +15,10 @@ export interface KeyedRecord {
   k_mobile: number | null;
 }
 
-/** Rows per multi-row insert or delete of key entries (3 parameters each). */
+/** Entries per multi-row delete of key entries (2 parameters each). */
 const CHUNK = 300;
+/** Entries per multi-row insert, largest first: a batch is split greedily, so few distinct statements are prepared. */
+const INSERT_SIZES = [300, 50, 10, 1] as const;
 
 function chunks<T>(xs: readonly T[], n: number): T[][] {
   const out: T[][] = [];
@@ -60,15 +62,27 @@ export class RecordKeys {
     return Number(r?.m ?? 0) + 1;
   }
 
-  /** Adds the key entries of records just inserted or re-keyed (SQLite), each table's in key order. */
+  /**
+   * Adds the key entries of records just inserted or re-keyed (SQLite), each
+   * table's in key order, with multi-row statements built once per size.
+   */
   async add(db: Kysely<TenantDB>, listKey: number, records: readonly KeyedRecord[]): Promise<void> {
     if (!this.tables || records.length === 0) return;
     for (const column of KEY_COLUMNS) {
       const entries = records
         .filter((r) => r[column] !== null)
-        .map((r) => ({ list_key: listKey, k: r[column]!, seq: r.seq }))
-        .sort((a, b) => a.k - b.k || a.seq - b.seq);
-      for (const part of chunks(entries, CHUNK)) await db.insertInto(RECORD_KEY_TABLES[column]).values(part).execute();
+        .map((r) => [r[column]!, r.seq] as const)
+        .sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+      let done = 0;
+      for (const size of INSERT_SIZES) {
+        const text = `insert into ${RECORD_KEY_TABLES[column]} (list_key, k, seq) values ${Array(size).fill('(?, ?, ?)').join(', ')}`;
+        while (entries.length - done >= size) {
+          const params: number[] = [];
+          for (const [k, seq] of entries.slice(done, done + size)) params.push(listKey, k, seq);
+          await db.executeQuery(CompiledQuery.raw(text, params));
+          done += size;
+        }
+      }
     }
   }
 
