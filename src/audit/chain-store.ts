@@ -8,6 +8,7 @@ import { HASH_BYTES, chainHash } from './chain-hash.js';
 import { postgresChunkSql, sqliteOrderedChunkSql } from './chain-scan.js';
 import type { PreparedEvent } from './event-builder.js';
 import type { AuditSigner } from './signing-key.js';
+import { MultiRowInsert } from '../storage/multi-row-insert.js';
 
 /** A checkpoint is made in the appending transaction whenever `seq` crosses a multiple of this. */
 export const CHECKPOINT_EVERY = 1000;
@@ -79,7 +80,7 @@ function likePattern(glob: string): string {
 export class ChainStore {
   readonly tables: ChainTableNames;
   readonly #postgres: boolean;
-  readonly #insertSql = new Map<number, string>();
+  readonly #insert: MultiRowInsert;
   readonly #headSql: string;
   readonly #headSetSql: string;
   readonly #headClaimSql: string;
@@ -89,6 +90,7 @@ export class ChainStore {
   constructor(adapter: StorageAdapter, tables: ChainTableNames) {
     this.tables = tables;
     this.#postgres = adapter.kind === 'postgres';
+    this.#insert = new MultiRowInsert(tables.events, EVENT_COLUMNS, INSERT_SIZES, adapter.kind);
     this.#headSql = `UPDATE ${tables.head} SET seq = seq + ${this.#param(1)} WHERE id = 1 RETURNING seq, hash`;
     this.#headSetSql = `UPDATE ${tables.head} SET hash = ${this.#param(1)}, updated_at = ${this.#param(2)} WHERE id = 1`;
     this.#headClaimSql = `UPDATE ${tables.head} SET seq = ${this.#param(1)}, hash = ${this.#param(2)}, updated_at = ${this.#param(3)} WHERE id = 1 AND seq = ${this.#param(4)} AND hash = ${this.#param(5)}`;
@@ -98,16 +100,6 @@ export class ChainStore {
     return this.#postgres ? `$${i}` : '?';
   }
 
-  #insertStatement(rows: number): string {
-    let text = this.#insertSql.get(rows);
-    if (!text) {
-      const n = EVENT_COLUMNS.length;
-      const tuples = Array.from({ length: rows }, (_, r) => `(${EVENT_COLUMNS.map((_c, i) => this.#param(r * n + i + 1)).join(', ')})`);
-      text = `INSERT INTO ${this.tables.events} (${EVENT_COLUMNS.join(', ')}) VALUES ${tuples.join(', ')}`;
-      this.#insertSql.set(rows, text);
-    }
-    return text;
-  }
 
   /**
    * Appends events at the head of the chain inside the caller's transaction.
@@ -138,14 +130,7 @@ export class ChainStore {
       await db.executeQuery(CompiledQuery.raw(this.#headSetSql, [chained.last, ctx.nowMs]));
     }
     const { params, out, last: lastHash } = chained!;
-    const width = EVENT_COLUMNS.length;
-    let done = 0;
-    for (const size of INSERT_SIZES) {
-      while (n - done >= size) {
-        await db.executeQuery(CompiledQuery.raw(this.#insertStatement(size), params.slice(done * width, (done + size) * width)));
-        done += size;
-      }
-    }
+    await this.#insert.run(db, params);
     const first = out[0]!.seq;
     const last = first + n - 1;
     if (this.#heads.size >= 10_000) this.#heads.clear();

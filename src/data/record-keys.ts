@@ -1,6 +1,8 @@
-import { CompiledQuery, sql, type Kysely, type SelectQueryBuilder } from 'kysely';
+import { sql, type Kysely, type SelectQueryBuilder } from 'kysely';
+import { chunks } from '../core/chunks.js';
 import type { StorageAdapter } from '../storage/adapter.js';
 import { RECORD_KEY_TABLES } from '../storage/migrations/tenant/0010-record-keys.js';
+import { MultiRowInsert } from '../storage/multi-row-insert.js';
 import type { TenantDB } from '../storage/schema.js';
 
 /** A `records` column holding a lookup key: 48-bit prefixes of the SHA-256 and MD5 oHashes and of the mobile blind index. */
@@ -17,14 +19,8 @@ export interface KeyedRecord {
 
 /** Entries per multi-row delete of key entries (2 parameters each). */
 const CHUNK = 300;
-/** Entries per multi-row insert, largest first: a batch is split greedily, so few distinct statements are prepared. */
+/** Entries per multi-row insert (see `MultiRowInsert`). */
 const INSERT_SIZES = [300, 50, 10, 1] as const;
-
-function chunks<T>(xs: readonly T[], n: number): T[][] {
-  const out: T[][] = [];
-  for (let i = 0; i < xs.length; i += n) out.push(xs.slice(i, i + n));
-  return out;
-}
 
 /**
  * Where a tenant store keeps the lookup keys of records. SQLite: in three
@@ -36,9 +32,12 @@ function chunks<T>(xs: readonly T[], n: number): T[][] {
  */
 export class RecordKeys {
   readonly tables: boolean;
+  readonly #inserts: Record<KeyColumn, MultiRowInsert>;
 
   constructor(adapter: StorageAdapter) {
     this.tables = adapter.kind === 'sqlite';
+    const insert = (table: string) => new MultiRowInsert(table, ['list_key', 'k', 'seq'], INSERT_SIZES, adapter.kind);
+    this.#inserts = { k_sha256: insert(RECORD_KEY_TABLES.k_sha256), k_md5: insert(RECORD_KEY_TABLES.k_md5), k_mobile: insert(RECORD_KEY_TABLES.k_mobile) };
   }
 
   /**
@@ -62,10 +61,7 @@ export class RecordKeys {
     return Number(r?.m ?? 0) + 1;
   }
 
-  /**
-   * Adds the key entries of records just inserted or re-keyed (SQLite), each
-   * table's in key order, with multi-row statements built once per size.
-   */
+  /** Adds the key entries of records just inserted or re-keyed (SQLite), each table's in key order. */
   async add(db: Kysely<TenantDB>, listKey: number, records: readonly KeyedRecord[]): Promise<void> {
     if (!this.tables || records.length === 0) return;
     for (const column of KEY_COLUMNS) {
@@ -73,16 +69,7 @@ export class RecordKeys {
         .filter((r) => r[column] !== null)
         .map((r) => [r[column]!, r.seq] as const)
         .sort((a, b) => a[0] - b[0] || a[1] - b[1]);
-      let done = 0;
-      for (const size of INSERT_SIZES) {
-        const text = `insert into ${RECORD_KEY_TABLES[column]} (list_key, k, seq) values ${Array(size).fill('(?, ?, ?)').join(', ')}`;
-        while (entries.length - done >= size) {
-          const params: number[] = [];
-          for (const [k, seq] of entries.slice(done, done + size)) params.push(listKey, k, seq);
-          await db.executeQuery(CompiledQuery.raw(text, params));
-          done += size;
-        }
-      }
+      await this.#inserts[column].run(db, entries.flatMap(([k, seq]) => [listKey, k, seq]));
     }
   }
 
