@@ -4,7 +4,8 @@
 //     batch merge API over HTTPS, 10,000 per request (the first half one request at a time, the second half two
 //     at a time; the overall rate is reported against the baselines) — baseline: the same rows inserted unencrypted with plain
 //     SQL (better-sqlite3, same durability: WAL + synchronous=FULL, 10,000 per transaction), once into a table with
-//     a primary key only and once into Custos's own records table with its indexes and lookup-key tables;
+//     a primary key only and once into Custos's own records table with its indexes and lookup-key tables (written
+//     as Custos writes them: through the recent tables, folded by the same rule);
 //     target >= 50,000 records/s (on SQLite); on PostgreSQL the baselines are the same rows through `pg`, multi-row
 //     inserts of 200, 10,000 per transaction, into a primary-key-only table and into a copy of the tenant's records
 //     table (`LIKE … INCLUDING ALL`: the same columns, keys and indexes);
@@ -30,6 +31,7 @@ import { loadConfig } from '../dist/core/config.js';
 import { createLogger } from '../dist/core/logger.js';
 import { ALL_PERMISSIONS } from '../dist/iam/permissions.js';
 import { initDataDir } from '../dist/ops/init.js';
+import { DEFAULT_FOLD } from '../dist/data/record-keys.js';
 import { openRuntime } from '../dist/runtime.js';
 import { postgresReachable, postgresUrl, removeDeployment } from './http-deployment.js';
 import { fmt, loadGenerator, machine, report, treeCpuSeconds } from './lib.js';
@@ -153,8 +155,13 @@ function sqliteBaselines() {
   const baseRate = N / ((performance.now() - start) / 1000);
   baselineDb.close();
   const storeFile = path.join(dir, 'tenants', `${t.id}.db`);
-  // The records table with its indexes, and the lookup-key tables that SQLite stores keep beside it (migration 0010).
-  const ddl = new Database(storeFile, { readonly: true }).prepare("select sql from sqlite_master where tbl_name in ('records', 'record_keys_sha256', 'record_keys_md5', 'record_keys_mobile') and sql is not null").all().map((r) => r.sql);
+  // The records table with its indexes, and the lookup-key tables that SQLite stores keep beside it (migrations 0010
+  // and 0011: each with its recent table, and their sizes).
+  const keyTableNames = ['record_keys_sha256', 'record_keys_md5', 'record_keys_mobile'];
+  const ddl = new Database(storeFile, { readonly: true })
+    .prepare(`select sql from sqlite_master where tbl_name in ('records', 'record_keys_state', ${keyTableNames.flatMap((n) => [`'${n}'`, `'${n}_recent'`]).join(', ')}) and sql is not null`)
+    .all()
+    .map((r) => r.sql);
   const sameDb = new Database(path.join(dir, 'baseline-same-schema.db'));
   sameDb.pragma('journal_mode = WAL');
   sameDb.pragma('synchronous = FULL');
@@ -163,13 +170,18 @@ function sqliteBaselines() {
   const ROWS = 200;
   const multi = sameDb.prepare(`insert into records (${SAME_COLUMNS}, seq) values ${Array(ROWS).fill('(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)').join(', ')}`);
   const one = sameDb.prepare(`insert into records (${SAME_COLUMNS}, seq) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`);
-  // Key entries as Custos writes them: per batch, one table at a time, in key order, 300 per statement.
+  // Key entries as Custos writes them: per batch, one table at a time, in key order, 300 per statement, into the
+  // recent tables, each folded into its key table when Custos would fold it (`RecordKeys`).
   const KEYS = 300;
-  const keyTables = [
-    ['record_keys_sha256', 5],
-    ['record_keys_md5', 6],
-    ['record_keys_mobile', 7],
-  ].map(([table, at]) => ({ at, multi: sameDb.prepare(`insert into ${table} (list_key, k, seq) values ${Array(KEYS).fill('(?, ?, ?)').join(', ')}`), one: sameDb.prepare(`insert into ${table} (list_key, k, seq) values (?, ?, ?)`) }));
+  for (const table of keyTableNames) sameDb.prepare('insert into record_keys_state (tbl, folded, added) values (?, 0, 0)').run(table);
+  const keyTables = keyTableNames.map((table, j) => ({
+    at: 5 + j,
+    multi: sameDb.prepare(`insert into ${table}_recent (list_key, k, seq) values ${Array(KEYS).fill('(?, ?, ?)').join(', ')}`),
+    one: sameDb.prepare(`insert into ${table}_recent (list_key, k, seq) values (?, ?, ?)`),
+    added: sameDb.prepare('update record_keys_state set added = added + ? where tbl = ? returning folded, added'),
+    fold: [`insert into ${table} (list_key, k, seq) select list_key, k, seq from ${table}_recent order by list_key, k, seq`, `delete from ${table}_recent`, `update record_keys_state set folded = (select count(*) from ${table}), added = 0 where tbl = '${table}'`].map((q) => sameDb.prepare(q)),
+    table,
+  }));
   const insertSame = sameDb.transaction((from, to) => {
     const rows = [];
     for (let i = from; i < to; i++) rows.push([...rowOf(i), i + 1]);
@@ -185,6 +197,8 @@ function sqliteBaselines() {
         if (part.length === KEYS) kt.multi.run(part.flat());
         else for (const e of part) kt.one.run(e);
       }
+      const state = kt.added.get(entries.length, kt.table);
+      if (state.added >= Math.max(DEFAULT_FOLD.min, state.folded / DEFAULT_FOLD.ratio)) for (const q of kt.fold) q.run();
     }
   });
   start = performance.now();

@@ -66,5 +66,9 @@ declare module '../storage/schema.js' {
     record_keys_sha256: RecordKeyTable;
     record_keys_md5: RecordKeyTable;
     record_keys_mobile: RecordKeyTable;
+    record_keys_sha256_recent: RecordKeyTable;
+    record_keys_md5_recent: RecordKeyTable;
+    record_keys_mobile_recent: RecordKeyTable;
+    record_keys_state: { tbl: string; folded: number; added: number };
   }
 }

@@ -1,7 +1,7 @@
 import { sql, type Kysely, type SelectQueryBuilder } from 'kysely';
 import { chunks } from '../core/chunks.js';
 import type { StorageAdapter } from '../storage/adapter.js';
-import { RECORD_KEY_TABLES } from '../storage/migrations/tenant/0010-record-keys.js';
+import { RECENT_KEY_TABLES, RECORD_KEY_TABLES, RECORD_KEYS_STATE } from '../storage/migrations/tenant/0010-record-keys.js';
 import { MultiRowInsert } from '../storage/multi-row-insert.js';
 import type { TenantDB } from '../storage/schema.js';
 
@@ -23,21 +23,40 @@ const CHUNK = 300;
 const INSERT_SIZES = [300, 50, 10, 1] as const;
 
 /**
+ * When a recent table is folded into its key table: once the entries added
+ * to it since the last fold reach `ratio`-th of the key table's (and at
+ * least `min`). Each batch then touches the recent table's few hundred
+ * pages, and a fold rewrites the key table's pages once per `ratio` times
+ * its size in new entries.
+ */
+export interface FoldPolicy {
+  min: number;
+  ratio: number;
+}
+export const DEFAULT_FOLD: FoldPolicy = { min: 50_000, ratio: 8 };
+
+/**
  * Where a tenant store keeps the lookup keys of records. SQLite: in three
  * tables of their own (`record_keys_*`, see migration 0010), which every
  * write of a record keeps in step with its `k_*` columns, inside the same
- * transaction; records are found through them by `(list_key, seq)`.
+ * transaction; records are found through them by `(list_key, seq)`. New
+ * entries go to each table's recent table (`record_keys_*_recent`,
+ * migration 0011), which is folded into the table, in key order, when it
+ * has grown enough (`FoldPolicy`); an entry is in exactly one of the two,
+ * and look-ups read both.
  * PostgreSQL: in indexes on the `k_*` columns of `records`, which the
  * database keeps; nothing to do here.
  */
 export class RecordKeys {
   readonly tables: boolean;
   readonly #inserts: Record<KeyColumn, MultiRowInsert>;
+  readonly #fold: FoldPolicy;
 
-  constructor(adapter: StorageAdapter) {
+  constructor(adapter: StorageAdapter, fold: FoldPolicy = DEFAULT_FOLD) {
     this.tables = adapter.kind === 'sqlite';
+    this.#fold = fold;
     const insert = (table: string) => new MultiRowInsert(table, ['list_key', 'k', 'seq'], INSERT_SIZES, adapter.kind);
-    this.#inserts = { k_sha256: insert(RECORD_KEY_TABLES.k_sha256), k_md5: insert(RECORD_KEY_TABLES.k_md5), k_mobile: insert(RECORD_KEY_TABLES.k_mobile) };
+    this.#inserts = { k_sha256: insert(RECENT_KEY_TABLES.k_sha256), k_md5: insert(RECENT_KEY_TABLES.k_md5), k_mobile: insert(RECENT_KEY_TABLES.k_mobile) };
   }
 
   /**
@@ -47,7 +66,12 @@ export class RecordKeys {
    */
   whereKey<O>(q: SelectQueryBuilder<TenantDB, 'records', O>, db: Kysely<TenantDB>, listKey: number, column: KeyColumn, ks: number[]): SelectQueryBuilder<TenantDB, 'records', O> {
     if (!this.tables) return ks.length === 1 ? q.where(`records.${column}`, '=', ks[0]!) : q.where(`records.${column}`, 'in', ks);
-    const seqs = db.selectFrom(RECORD_KEY_TABLES[column]).select('seq').where('list_key', '=', listKey).where('k', 'in', ks);
+    const seqs = db
+      .selectFrom(RECORD_KEY_TABLES[column])
+      .select('seq')
+      .where('list_key', '=', listKey)
+      .where('k', 'in', ks)
+      .unionAll(db.selectFrom(RECENT_KEY_TABLES[column]).select('seq').where('list_key', '=', listKey).where('k', 'in', ks));
     return q.where('records.list_key', '=', listKey).where('records.seq', 'in', seqs);
   }
 
@@ -61,7 +85,11 @@ export class RecordKeys {
     return Number(r?.m ?? 0) + 1;
   }
 
-  /** Adds the key entries of records just inserted or re-keyed (SQLite), each table's in key order. */
+  /**
+   * Adds the key entries of records just inserted or re-keyed (SQLite) to
+   * the recent tables, each table's in key order, and folds a recent table
+   * that has grown enough. The caller holds the write transaction.
+   */
   async add(db: Kysely<TenantDB>, listKey: number, records: readonly KeyedRecord[]): Promise<void> {
     if (!this.tables || records.length === 0) return;
     for (const column of KEY_COLUMNS) {
@@ -69,8 +97,30 @@ export class RecordKeys {
         .filter((r) => r[column] !== null)
         .map((r) => [r[column]!, r.seq] as const)
         .sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+      if (entries.length === 0) continue;
       await this.#inserts[column].run(db, entries.flatMap(([k, seq]) => [listKey, k, seq]));
+      const state = await db
+        .updateTable(RECORD_KEYS_STATE)
+        .set((eb) => ({ added: eb('added', '+', entries.length) }))
+        .where('tbl', '=', RECORD_KEY_TABLES[column])
+        .returning(['folded', 'added'])
+        .executeTakeFirstOrThrow();
+      if (state.added >= Math.max(this.#fold.min, state.folded / this.#fold.ratio)) await this.fold(db, column);
     }
+  }
+
+  /**
+   * Moves the entries of a recent table into its key table, in key order
+   * (SQLite; the caller holds the write transaction), and records the key
+   * table's size. Look-ups find the same records before and after.
+   */
+  async fold(db: Kysely<TenantDB>, column: KeyColumn): Promise<void> {
+    if (!this.tables) return;
+    const main = sql.table(RECORD_KEY_TABLES[column]);
+    const recent = sql.table(RECENT_KEY_TABLES[column]);
+    await sql`insert into ${main} (list_key, k, seq) select list_key, k, seq from ${recent} order by list_key, k, seq`.execute(db);
+    await sql`delete from ${recent}`.execute(db);
+    await sql`update ${sql.table(RECORD_KEYS_STATE)} set folded = (select count(*) from ${main}), added = 0 where tbl = ${RECORD_KEY_TABLES[column]}`.execute(db);
   }
 
   /** Removes the key entries of records about to be deleted or re-keyed (SQLite), given their current keys. */
@@ -79,7 +129,10 @@ export class RecordKeys {
     for (const column of KEY_COLUMNS) {
       const entries = records.filter((r) => r[column] !== null).map((r) => sql`(${r[column]}, ${r.seq})`);
       for (const part of chunks(entries, CHUNK)) {
-        await sql`delete from ${sql.table(RECORD_KEY_TABLES[column])} where list_key = ${listKey} and (k, seq) in (values ${sql.join(part)})`.execute(db);
+        // Each entry is in one of the two tables.
+        for (const table of [RECORD_KEY_TABLES[column], RECENT_KEY_TABLES[column]]) {
+          await sql`delete from ${sql.table(table)} where list_key = ${listKey} and (k, seq) in (values ${sql.join(part)})`.execute(db);
+        }
       }
     }
   }
@@ -87,7 +140,10 @@ export class RecordKeys {
   /** Removes every key entry of a list (SQLite), when the list is deleted. */
   async removeList(db: Kysely<TenantDB>, listKey: number): Promise<void> {
     if (!this.tables) return;
-    for (const column of KEY_COLUMNS) await db.deleteFrom(RECORD_KEY_TABLES[column]).where('list_key', '=', listKey).execute();
+    for (const column of KEY_COLUMNS) {
+      await db.deleteFrom(RECORD_KEY_TABLES[column]).where('list_key', '=', listKey).execute();
+      await db.deleteFrom(RECENT_KEY_TABLES[column]).where('list_key', '=', listKey).execute();
+    }
   }
 }
 

@@ -2,7 +2,8 @@ import type { FastifyInstance } from 'fastify';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { ohashes } from '../../src/data/ohash.js';
-import { RECORD_KEY_TABLES } from '../../src/storage/migrations/tenant/0010-record-keys.js';
+import { RecordKeys, type KeyColumn } from '../../src/data/record-keys.js';
+import { RECENT_KEY_TABLES, RECORD_KEY_TABLES } from '../../src/storage/migrations/tenant/0010-record-keys.js';
 import { makeApp } from '../helpers/app.js';
 import { apiUser, tenantWithAdmin, type SignedIn } from '../helpers/iam.js';
 import { describeEachStorage, makeRuntime, type TestRuntime } from '../helpers/storage-kinds.js';
@@ -13,7 +14,9 @@ const mobile = (i: number) => `+1 555 ${String(i).padStart(7, '0')}`;
 /**
  * The lookup keys of records (oHashes and the mobile blind index) through
  * every write path: on SQLite they live in tables of their own, kept in step
- * with `records` (migration 0010); on PostgreSQL in indexes on `records`.
+ * with `records` (migration 0010), new entries in recent tables folded into
+ * them from time to time (migration 0011); on PostgreSQL in indexes on
+ * `records`.
  * Both engines must find exactly the records whose current values match.
  */
 describeEachStorage('record lookup keys', (kind) => {
@@ -47,7 +50,19 @@ describeEachStorage('record lookup keys', (kind) => {
     if (gone.mobile) expect(await found('MOBILE_NUMBER_', gone.mobile)).toEqual([]);
   };
 
-  /** SQLite: each key table holds exactly the (key, number) pairs of the list's records, and the numbers are unique. */
+  const columns = Object.keys(RECORD_KEY_TABLES) as KeyColumn[];
+  /** SQLite: the entries of the tenant's recent table of `column`, of this list. */
+  const recentCount = async (column: KeyColumn) =>
+    rt.storage.tenant(t.tenantId).read(async (db) => (await db.selectFrom(RECENT_KEY_TABLES[column]).select('k').where('list_key', '=', listKey).execute()).length);
+  /** SQLite: folds every recent table into its key table, as an import does when they have grown enough. */
+  const foldAll = async () => {
+    const keys = new RecordKeys(rt.storage.adapter);
+    await rt.storage.tenant(t.tenantId).transaction(async (db) => {
+      for (const column of columns) await keys.fold(db, column);
+    });
+  };
+
+  /** SQLite: each key table and its recent table hold exactly the (key, number) pairs of the list's records, each once, and the numbers are unique. */
   const expectInStep = async () => {
     if (kind !== 'sqlite') return;
     await rt.storage.tenant(t.tenantId).read(async (db) => {
@@ -55,10 +70,11 @@ describeEachStorage('record lookup keys', (kind) => {
       const seqs = records.map((r) => r.seq);
       expect(seqs.every((s) => typeof s === 'number')).toBe(true);
       expect(new Set(seqs).size).toBe(seqs.length);
-      for (const [column, table] of Object.entries(RECORD_KEY_TABLES) as [keyof typeof RECORD_KEY_TABLES, (typeof RECORD_KEY_TABLES)[keyof typeof RECORD_KEY_TABLES]][]) {
+      for (const column of columns) {
         const expected = records.filter((r) => r[column] !== null).map((r) => `${r[column]}:${r.seq}`).sort();
-        const stored = (await db.selectFrom(table).select(['k', 'seq']).where('list_key', '=', listKey).execute()).map((e) => `${e.k}:${e.seq}`).sort();
-        expect(stored, table).toEqual(expected);
+        const entries = async (table: string) => (await db.selectFrom(table as (typeof RECORD_KEY_TABLES)[KeyColumn]).select(['k', 'seq']).where('list_key', '=', listKey).execute()).map((e) => `${e.k}:${e.seq}`);
+        const stored = [...(await entries(RECORD_KEY_TABLES[column])), ...(await entries(RECENT_KEY_TABLES[column]))].sort();
+        expect(stored, RECORD_KEY_TABLES[column]).toEqual(expected);
       }
     });
   };
@@ -88,6 +104,17 @@ describeEachStorage('record lookup keys', (kind) => {
     await expectInStep();
   });
 
+  it.runIf(kind === 'sqlite')('new entries wait in the recent tables; after a fold they are in the key tables and every key finds the same records', async () => {
+    for (const column of columns) expect(await recentCount(column), column).toBe(40);
+    await foldAll();
+    for (const column of columns) expect(await recentCount(column), column).toBe(0);
+    await findsOnly(0, { email: email(0), mobile: mobile(0) });
+    await findsOnly(39, { email: email(39), mobile: mobile(39) });
+    await expectInStep();
+    const state = await rt.storage.tenant(t.tenantId).read(async (db) => db.selectFrom('record_keys_state').selectAll().orderBy('tbl').execute());
+    expect(state).toEqual(columns.map((c) => ({ tbl: RECORD_KEY_TABLES[c], folded: 40, added: 0 })).sort((a, b) => (a.tbl < b.tbl ? -1 : 1)));
+  });
+
   it('an update that changes the email and the mobile number moves the keys: old values find nothing', async () => {
     const res = await api('PATCH', `/lists/${listId}/records/${ids.get(1)}`, { fields: { EMAIL_ADDRESS_: 'moved@keys.example', MOBILE_NUMBER_: '+44 20 7946 0001' } });
     expect(res.statusCode, res.body).toBe(200);
@@ -102,6 +129,13 @@ describeEachStorage('record lookup keys', (kind) => {
     const byEmail = await api('POST', `/lists/${listId}/records/merge`, { matchKey: 'EMAIL_ADDRESS_', records: [{ EMAIL_ADDRESS_: email(3), MOBILE_NUMBER_: '+1 555 9999999' }] });
     expect(byEmail.statusCode, byEmail.body).toBe(200);
     await findsOnly(3, { email: email(3), mobile: '+1 555 9999999' }, { mobile: mobile(3) });
+    // SQLite: keys moved after the fold are in the recent tables; a second fold meets them there.
+    if (kind === 'sqlite') {
+      expect(await recentCount('k_sha256')).toBe(2);
+      await foldAll();
+      await findsOnly(2, { email: 'two@keys.example', mobile: mobile(2) }, { email: email(2) });
+      await findsOnly(1, { email: 'moved@keys.example', mobile: '+44 20 7946 0001' }, { email: email(1), mobile: mobile(1) });
+    }
     // An email another record now uses is refused, through the key of its oHash.
     const taken = await api('POST', `/lists/${listId}/records/merge`, { matchKey: 'CUSTOMER_ID_', records: [{ CUSTOMER_ID_: 'K-4', EMAIL_ADDRESS_: 'two@keys.example' }] });
     expect(taken.statusCode, taken.body).toBe(400);
@@ -132,8 +166,46 @@ describeEachStorage('record lookup keys', (kind) => {
     expect(res.statusCode, res.body).toBe(204);
     if (kind !== 'sqlite') return;
     await rt.storage.tenant(t.tenantId).read(async (db) => {
-      for (const table of Object.values(RECORD_KEY_TABLES)) expect(await db.selectFrom(table).select('k').where('list_key', '=', listKey).execute()).toEqual([]);
+      for (const table of [...Object.values(RECORD_KEY_TABLES), ...Object.values(RECENT_KEY_TABLES)]) expect(await db.selectFrom(table).select('k').where('list_key', '=', listKey).execute(), table).toEqual([]);
     });
+  });
+
+  it.runIf(kind === 'sqlite')('a recent table is folded when it has grown to its share of the key table, and removals reach entries in either', async () => {
+    const keys = new RecordKeys(rt.storage.adapter, { min: 10, ratio: 2 });
+    const other = 1_000_000; // a list key no list has
+    const entry = (seq: number) => ({ seq, k_sha256: 1000 + seq, k_md5: null, k_mobile: null });
+    const sizes = () =>
+      rt.storage.tenant(t.tenantId).read(async (db) => ({
+        main: (await db.selectFrom('record_keys_sha256').select('seq').where('list_key', '=', other).execute()).length,
+        recent: (await db.selectFrom('record_keys_sha256_recent').select('seq').where('list_key', '=', other).execute()).length,
+        md5: (await db.selectFrom('record_keys_md5_recent').select('seq').where('list_key', '=', other).execute()).length,
+      }));
+    const store = rt.storage.tenant(t.tenantId);
+    const before = await store.read(async (db) => db.selectFrom('record_keys_state').selectAll().where('tbl', '=', 'record_keys_sha256').executeTakeFirstOrThrow());
+    await store.transaction(async (db) => keys.removeList(db, other));
+    const add = (from: number, n: number) => store.transaction(async (db) => keys.add(db, other, Array.from({ length: n }, (_, i) => entry(from + i))));
+    // The key table of this store already holds `before.folded` entries; the threshold is max(10, folded / 2).
+    const threshold = Math.max(10, before.folded / 2) - before.added;
+    await add(1, threshold - 1);
+    expect(await sizes()).toMatchObject({ recent: threshold - 1, md5: 0 });
+    await add(threshold, 1);
+    expect(await sizes()).toMatchObject({ main: threshold, recent: 0 });
+    // The fold recorded the key table's size (every list's entries) and started counting again.
+    const after = await store.read(async (db) => ({
+      state: await db.selectFrom('record_keys_state').selectAll().where('tbl', '=', 'record_keys_sha256').executeTakeFirstOrThrow(),
+      entries: (await db.selectFrom('record_keys_sha256').select('seq').execute()).length,
+    }));
+    expect(after.state).toMatchObject({ folded: after.entries, added: 0 });
+    expect(after.entries).toBeGreaterThanOrEqual(threshold);
+    await add(threshold + 1, 3);
+    expect(await sizes()).toMatchObject({ main: threshold, recent: 3 });
+    // One entry in the key table and one in the recent table are removed by the same call.
+    await store.transaction(async (db) => keys.remove(db, other, [entry(1), entry(threshold + 2)]));
+    expect(await sizes()).toMatchObject({ main: threshold - 1, recent: 2 });
+    const found = await store.read(async (db) => keys.whereKey(db.selectFrom('records').select('id'), db, other, 'k_sha256', [1001, 1000 + threshold + 1]).compile());
+    expect(found.sql).toMatch(/union all/);
+    await store.transaction(async (db) => keys.removeList(db, other));
+    expect(await sizes()).toEqual({ main: 0, recent: 0, md5: 0 });
   });
 
   it.runIf(kind === 'sqlite')('migration 0010 numbers the records of a store that had them before, fills the key tables and drops the old indexes', async () => {
@@ -149,16 +221,17 @@ describeEachStorage('record lookup keys', (kind) => {
       raw.pragma('busy_timeout = 10000');
       raw.exec(`begin immediate;
         drop table record_keys_sha256; drop table record_keys_md5; drop table record_keys_mobile;
+        drop table record_keys_sha256_recent; drop table record_keys_md5_recent; drop table record_keys_mobile_recent; drop table record_keys_state;
         drop index records_seq_idx; alter table records drop column seq;
         create index records_sha256_idx on records (list_key, k_sha256);
         create index records_md5_idx on records (list_key, k_md5);
         create index records_mobile_idx on records (list_key, k_mobile);
-        delete from custos_migrations where name = '0010_record_keys';
+        delete from custos_migrations where name in ('0010_record_keys', '0011_record_keys_recent');
         commit;`);
     } finally {
       raw.close();
     }
-    expect((await rt.storage.migrateTenant(t.tenantId)).applied).toEqual(['0010_record_keys']);
+    expect((await rt.storage.migrateTenant(t.tenantId)).applied).toEqual(['0010_record_keys', '0011_record_keys_recent']);
     listId = older;
     listKey = await rt.storage.tenant(t.tenantId).read(async (db) => (await db.selectFrom('lists').select('key').where('id', '=', older).executeTakeFirstOrThrow()).key);
     await expectInStep();
@@ -166,6 +239,10 @@ describeEachStorage('record lookup keys', (kind) => {
     expect(n).toEqual(Array.from({ length: 25 }, (_, i) => i + 1));
     expect(await found('EMAIL_ADDRESS_', email(210))).toHaveLength(1);
     expect(await found('MOBILE_NUMBER_', mobile(224))).toHaveLength(1);
+    // Migration 0011: the key tables' sizes recorded, nothing recent yet.
+    const state = await rt.storage.tenant(t.tenantId).read(async (db) => db.selectFrom('record_keys_state').selectAll().execute());
+    expect(state.map((s) => s.folded)).toEqual([25, 25, 25]);
+    expect(state.map((s) => s.added)).toEqual([0, 0, 0]);
     const indexes = new Database(loc.file, { readonly: true });
     try {
       const names = indexes.prepare("select name from sqlite_master where type = 'index' and tbl_name = 'records'").all() as { name: string }[];

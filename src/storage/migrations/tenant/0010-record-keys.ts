@@ -8,6 +8,16 @@ export const RECORD_KEY_TABLES = {
   k_mobile: 'record_keys_mobile',
 } as const;
 
+/** The recent entries of each lookup-key table (migration 0011), by the same `records` column. */
+export const RECENT_KEY_TABLES = {
+  k_sha256: 'record_keys_sha256_recent',
+  k_md5: 'record_keys_md5_recent',
+  k_mobile: 'record_keys_mobile_recent',
+} as const;
+
+/** Per lookup-key table: its entries at its last fold, and the entries added to its recent table since. */
+export const RECORD_KEYS_STATE = 'record_keys_state';
+
 /**
  * SQLite only: the three lookup keys of records (48-bit prefixes of the
  * SHA-256 and MD5 oHashes and of the mobile number's blind index) move from
@@ -43,4 +53,31 @@ export const recordKeysMigrations: readonly Migration[] = [
       await db.schema.dropIndex('records_mobile_idx').execute();
     },
   },
+  {
+    name: '0011_record_keys_recent',
+    /**
+     * SQLite only: new key entries go to a small table of recent entries
+     * beside each key table, folded into it in one sorted pass once the
+     * recent table holds an eighth as many (see `RecordKeys`).
+     *
+     * Why: a batch's keys are random, so a batch of 10,000 dirtied nearly
+     * every leaf page of each key table — at 1,000,000 records about 6,000
+     * pages per table, written to the WAL in full at every commit, then
+     * checkpointed — and the import slowed as the list grew (raw SQL, same
+     * machine state: 38,000 rows/s over the first 200,000 records, 23,000
+     * over the last). Inserting into the recent tables touches a few hundred
+     * pages; a fold rewrites a key table's pages once per ~12 batches
+     * (1,000,000 records in 40,900 rows/s against 28,800, docs/PERFORMANCE.md).
+     */
+    async up(db, adapter) {
+      if (adapter.kind !== 'sqlite') return;
+      await sql`create table ${sql.table(RECORD_KEYS_STATE)} (tbl text primary key, folded integer not null, added integer not null) without rowid`.execute(db);
+      for (const column of Object.keys(RECORD_KEY_TABLES) as (keyof typeof RECORD_KEY_TABLES)[]) {
+        await sql`create table ${sql.table(RECENT_KEY_TABLES[column])} (list_key integer not null, k integer not null, seq integer not null, primary key (list_key, k, seq)) without rowid`.execute(db);
+        const main = RECORD_KEY_TABLES[column];
+        await sql`insert into ${sql.table(RECORD_KEYS_STATE)} (tbl, folded, added) select ${main}, count(*), 0 from ${sql.table(main)}`.execute(db);
+      }
+    },
+  },
 ];
+
