@@ -10,7 +10,7 @@ import { TenantSecrets } from './crypto/tenant-secrets.js';
 import { AlertAdminService } from './alerts/alert-admin-service.js';
 import { AlertService } from './alerts/alert-service.js';
 import { ListService } from './data/list-service.js';
-import { ExportRenderer } from './data/export-renderer.js';
+import { DataWorkers } from './data/data-workers.js';
 import { RecordService } from './data/record-service.js';
 import { AccountService } from './iam/account-service.js';
 import { ClientCertificates } from './iam/client-certificates.js';
@@ -105,8 +105,8 @@ export async function openRuntime(config: Config, opts: OpenRuntimeOptions): Pro
     const users = new UserService({ storage, clock, audit, mail, sessions, login, mfa });
     const account = new AccountService({ storage, audit, mfa, sessions });
     const lists = new ListService({ storage, clock, keys, audit });
-    const exportRenderer = new ExportRenderer({ threads: config.exportThreads });
-    const records = new RecordService({ storage, clock, keys, audit, lists, logger: opts.logger, renderer: exportRenderer });
+    const dataWorkers = new DataWorkers({ threads: config.dataThreads });
+    const records = new RecordService({ storage, clock, keys, audit, lists, logger: opts.logger, workers: dataWorkers });
     const roles = new RoleService({ storage, clock, audit, settings: securitySettings });
     const orgs = new OrgService({ storage, clock, audit });
     const securityAdmin = new SecuritySettingsService({ storage, audit, settings: securitySettings });
@@ -156,7 +156,7 @@ export async function openRuntime(config: Config, opts: OpenRuntimeOptions): Pro
       encryptedSources,
       close: async () => {
         mail.close();
-        await exportRenderer.close();
+        await dataWorkers.close();
         await audit.close();
         await storage.close();
       },

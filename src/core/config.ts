@@ -44,7 +44,7 @@ export const CONFIG_SPEC = {
   workers: { env: 'CUSTOS_WORKERS', flag: '--workers', kind: 'int', default: 1, min: 1, max: 64, description: 'Server processes sharing the port (node:cluster); set it to the number of cores. Scheduled work runs in the first.' },
   shutdownTimeoutMs: { env: 'CUSTOS_SHUTDOWN_TIMEOUT_MS', kind: 'int', default: 10000, min: 0, max: 600000, description: 'How long SIGTERM waits for in-flight requests before closing them.' },
   bodyLimitBytes: { env: 'CUSTOS_BODY_LIMIT_BYTES', kind: 'int', default: 1048576, min: 1024, max: 1073741824, description: 'Largest JSON request body accepted.' },
-  exportThreads: { env: 'CUSTOS_EXPORT_THREADS', kind: 'int', default: 2, min: 0, max: 16, description: 'Worker threads per server process that decrypt and format the pages of a list export while the main thread reads the next pages and writes the finished ones; 0 renders them on the main thread.' },
+  dataThreads: { env: 'CUSTOS_DATA_THREADS', kind: 'int', default: 2, min: 0, max: 16, description: 'Worker threads per server process for the bulk cryptography of customer data: they decrypt and format the pages of a list export, and encrypt the new records of an import, while the main thread talks to storage and serves other requests; 0 does this work on the main thread.' },
   auditCheckpointDir: { env: 'CUSTOS_AUDIT_CHECKPOINT_DIR', kind: 'string', default: undefined, description: 'Directory outside the data directory where signed activity-stream checkpoints are appended (one JSON-lines file per stream, fsync\'d); `custos audit verify --checkpoints DIR` uses them to detect a truncated stream. Unset: no external copy.' },
   smtpUrl: { env: 'CUSTOS_SMTP_URL', kind: 'string', default: undefined, secret: true, description: 'smtp://user:pass@host:port (STARTTLS when offered) or smtps://… to send mail; unset keeps mail in each tenant\'s outbox (custos mail list).' },
   mailFrom: { env: 'CUSTOS_MAIL_FROM', kind: 'string', default: 'Custos <no-reply@localhost>', description: 'From address of the mail Custos sends.' },
@@ -71,7 +71,7 @@ export interface Config {
   readonly workers: number;
   readonly shutdownTimeoutMs: number;
   readonly bodyLimitBytes: number;
-  readonly exportThreads: number;
+  readonly dataThreads: number;
   readonly auditCheckpointDir: string | undefined;
   readonly smtpUrl: string | undefined;
   readonly mailFrom: string;

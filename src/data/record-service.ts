@@ -21,7 +21,7 @@ import { LIST_OBJECT, decodeRecord, encodeRecord, indexValue, lookupKey, normali
 import { redact } from './redaction.js';
 import { RecordKeys, rekeyed, type KeyColumn, type KeyedRecord } from './record-keys.js';
 import { csvHeader, type ExportPage, type ExportShape } from './export-format.js';
-import { ExportRenderer } from './export-renderer.js';
+import { DataWorkers } from './data-workers.js';
 import { MultiRowInsert } from '../storage/multi-row-insert.js';
 import { chunks } from '../core/chunks.js';
 
@@ -68,8 +68,6 @@ export const MAX_BATCH = 10_000;
 export const CONSOLE_EXPORT_LIMIT = 5000;
 const PAGE = 1000;
 const CHUNK = 500;
-/** New records a merge encrypts before it lets the event loop serve other work (about 10 ms of CPU). */
-export const ENCODE_SLICE = 500;
 /** New rows after which a tenant's records statistics are refreshed (PostgreSQL). */
 export const STATS_REFRESH_ROWS = 10_000;
 
@@ -142,12 +140,12 @@ export class RecordService {
   readonly #recordKeys: RecordKeys;
 
   readonly #log: Logger | undefined;
-  readonly #renderer: ExportRenderer;
+  readonly #workers: DataWorkers;
 
-  /** `renderer`: where export pages are rendered (default: in this thread). */
-  constructor(deps: { storage: Storage; clock: Clock; keys: KeyService; audit: AuditService; lists: ListService; logger?: Logger; renderer?: ExportRenderer }) {
+  /** `workers`: where export pages are rendered and imported records encrypted (default: in this thread). */
+  constructor(deps: { storage: Storage; clock: Clock; keys: KeyService; audit: AuditService; lists: ListService; logger?: Logger; workers?: DataWorkers }) {
     this.#log = deps.logger;
-    this.#renderer = deps.renderer ?? new ExportRenderer({ threads: 0 });
+    this.#workers = deps.workers ?? new DataWorkers({ threads: 0 });
     this.#storage = deps.storage;
     this.#clock = deps.clock;
     this.#keys = deps.keys;
@@ -417,13 +415,16 @@ export class RecordService {
       return { list, keys, groups, targets };
     });
     if (insertNew) {
-      // The bulk of an import's CPU: in slices, so that the process answers other requests meanwhile.
+      // The bulk of an import's CPU, on the data workers' threads (or in slices on this one), while this thread serves
+      // other requests. Should it fail, the write transaction encodes these records itself.
       const now = this.#clock.now();
-      let encoded = 0;
-      for (const g of pre.groups) {
-        if (pre.targets.has(g.key)) continue;
-        g.encoded = encodeRecord(pre.keys, pre.list.fields, pre.list.row.key, newId(now), g.values, { created: now, updated: now }, g.presetHashes);
-        if (++encoded % ENCODE_SLICE === 0) await new Promise((resolve) => setImmediate(resolve));
+      const fresh = pre.groups.filter((g) => !pre.targets.has(g.key));
+      const job = { fields: pre.list.fields, listKey: pre.list.row.key, times: { created: now, updated: now }, records: fresh.map((g) => ({ id: newId(now), values: g.values, presetHashes: g.presetHashes })) };
+      try {
+        const encoded = await this.#workers.encode(pre.keys, job);
+        fresh.forEach((g, i) => (g.encoded = encoded[i]));
+      } catch (err) {
+        this.#log?.warn({ err, tenantId }, 'records could not be encoded ahead of the write; the write encodes them');
       }
     }
     return store.transaction(async (db) => {
@@ -723,7 +724,7 @@ export class RecordService {
 
   /**
    * Export lines, a page of 1,000 records per read. Pages are
-   * rendered (decrypted, redacted, formatted) by the export renderer's
+   * rendered (decrypted, redacted, formatted) by the data workers'
    * worker threads while this thread reads the next pages and writes the
    * finished ones: up to one page per thread plus one in flight, so memory
    * stays constant and lines keep their order.
@@ -733,7 +734,7 @@ export class RecordService {
     const shape: ExportShape = { defs: fields.map((name) => list.fields.find((f) => f.name === name)!), clear: can(auth, 'data.pii.view'), format };
     const store = this.#storage.tenant(tenantId);
     const protectedHex = this.#adapter.blobHex('protected');
-    const depth = this.#renderer.threads + 1;
+    const depth = this.#workers.threads + 1;
     const queue: Array<Promise<string>> = [];
     let cursor = '';
     let done = false;
@@ -780,11 +781,11 @@ export class RecordService {
   /** Renders a page with cached keys; on a generation the cache does not know yet, once more with fresh keys. */
   async #renderPage(tenantId: string, list: LoadedList, shape: ExportShape, keys: ObjectKeys, page: ExportPage): Promise<string> {
     try {
-      return await this.#renderer.render(keys, shape, page);
+      return await this.#workers.render(keys, shape, page);
     } catch (err) {
       if ((err as CustosError).code !== 'decryption_failed') throw err;
       const fresh = await this.#storage.tenant(tenantId).read((db) => this.#keys.objectKeysForRead(db, tenantId, LIST_OBJECT, list.row.id, { fresh: true }));
-      return this.#renderer.render(fresh, shape, page);
+      return this.#workers.render(fresh, shape, page);
     }
   }
 

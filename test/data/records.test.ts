@@ -8,9 +8,9 @@ import { ManualClock } from '../../src/core/clock.js';
 import { newId } from '../../src/core/ids.js';
 import { ohashes } from '../../src/data/ohash.js';
 import { LIST_OBJECT, openProtected } from '../../src/data/record-codec.js';
-import { ExportRenderer } from '../../src/data/export-renderer.js';
+import { DataWorkers, ENCODE_SLICE } from '../../src/data/data-workers.js';
 import { parseCredential } from '../../src/iam/credentials.js';
-import { ENCODE_SLICE, RecordService, STATS_REFRESH_ROWS } from '../../src/data/record-service.js';
+import { RecordService, STATS_REFRESH_ROWS } from '../../src/data/record-service.js';
 import { keyOperations } from '../../src/ops/key-operations.js';
 import { expectProblem, makeApp } from '../helpers/app.js';
 import { apiUser, consoleUser, tenantWithAdmin, type SignedIn } from '../helpers/iam.js';
@@ -80,25 +80,42 @@ describeEachStorage('lists and records', (kind) => {
       });
     });
 
-    it('a large merge lets other work run while it encrypts the new records (in slices, not the whole batch at once)', async () => {
-      const l = (await api('POST', '/lists', director.headers, { name: 'Sliced', fields: [] })).json().id as string;
-      const n = ENCODE_SLICE * 8;
-      const records = Array.from({ length: n }, (_, i) => ({ EMAIL_ADDRESS_: `slice${i}@slice.example`, CUSTOMER_ID_: `S${i}` }));
-      // Turns of the event loop that other work (another request, a timer) gets while the merge runs.
-      let turns = 0;
-      let done = false;
-      const spinning = (async () => {
-        while (!done) {
-          await new Promise((r) => setImmediate(r));
-          turns++;
-        }
-      })();
-      const res = await api('POST', `/lists/${l}/records/merge`, director.headers, { matchKey: 'CUSTOMER_ID_', records });
-      done = true;
-      await spinning;
-      expect(res.statusCode, res.body).toBe(200);
-      expect(res.json()).toMatchObject({ inserted: n, updated: 0 });
-      expect(turns).toBeGreaterThanOrEqual(8);
+    it('a large merge lets other work run while the new records are encrypted: on worker threads, or in slices on this thread; if the workers fail, the write encrypts them', async () => {
+      const auth = await rt.sessions.authenticate(t.tenantId, parseCredential(director.token)!.secret, 'token', { ip: '127.0.0.1' });
+      const closed = new DataWorkers({ threads: 1 });
+      await closed.close();
+      const services: Array<[string, RecordService]> = [
+        ['worker threads', rt.records],
+        ['this thread', new RecordService({ storage: rt.storage, clock: rt.clock, keys: rt.keys, audit: rt.audit, lists: rt.lists, workers: new DataWorkers({ threads: 0 }) })],
+        ['failed workers', new RecordService({ storage: rt.storage, clock: rt.clock, keys: rt.keys, audit: rt.audit, lists: rt.lists, workers: closed })],
+      ];
+      expect(rt.config.dataThreads).toBeGreaterThan(0);
+      for (const [how, svc] of services) {
+        const l = (await api('POST', '/lists', director.headers, { name: `Sliced ${how}`, fields: [{ name: 'FIRST_NAME', type: 'string', classification: 'pii' }] })).json().id as string;
+        const n = ENCODE_SLICE * 8;
+        const records = Array.from({ length: n }, (_, i) => ({ EMAIL_ADDRESS_: `slice${i}@slice.example`, MOBILE_NUMBER_: `+1 555 ${String(i).padStart(7, '0')}`, CUSTOMER_ID_: `S${i}`, FIRST_NAME: `First ${i}` }));
+        // Turns of the event loop that other work (another request, a timer) gets while the merge runs.
+        let turns = 0;
+        let done = false;
+        const spinning = (async () => {
+          while (!done) {
+            await new Promise((r) => setImmediate(r));
+            turns++;
+          }
+        })();
+        const result = await svc.merge(auth, t.tenantId, l, records, { matchKey: 'CUSTOMER_ID_' });
+        done = true;
+        await spinning;
+        expect(result, how).toMatchObject({ inserted: n, updated: 0 });
+        if (how !== 'failed workers') expect(turns, how).toBeGreaterThanOrEqual(8);
+        // Whoever encrypted them, the records read back whole, and are found by their email and mobile number.
+        const one = await api('GET', `/lists/${l}/records/${result.ids[1234]}`, director.headers);
+        expect(one.json().fields, how).toMatchObject({ EMAIL_ADDRESS_: 'slice1234@slice.example', MOBILE_NUMBER_: '+1 555 0001234', CUSTOMER_ID_: 'S1234', FIRST_NAME: 'First 1234' });
+        const byMobile = await api('GET', `/lists/${l}/records?filter=${encodeURIComponent('MOBILE_NUMBER_:+1 555 0003999')}`, director.headers);
+        expect(byMobile.json().records.map((r: { id: string }) => r.id), how).toEqual([result.ids[3999]]);
+        const byEmail = await svc.merge(auth, t.tenantId, l, [{ EMAIL_ADDRESS_: 'SLICE7@slice.example', FIRST_NAME: 'Seven' }], { matchKey: 'EMAIL_ADDRESS_' });
+        expect(byEmail, how).toMatchObject({ inserted: 0, updated: 1, ids: [result.ids[7]] });
+      }
     });
 
     it('refuses a batch with one bad record: nothing changes, and the line and reason are reported without the value', async () => {
@@ -287,14 +304,14 @@ describeEachStorage('lists and records', (kind) => {
     });
 
     it('renders export pages on worker threads in record order, exactly as on the main thread; an export stopped midway does not disturb the next', async () => {
-      expect(rt.config.exportThreads).toBeGreaterThan(0);
+      expect(rt.config.dataThreads).toBeGreaterThan(0);
       const auth = await rt.sessions.authenticate(t.tenantId, parseCredential(director.token)!.secret, 'token', { ip: '127.0.0.1' });
       const collect = async (svc: RecordService, format: 'csv' | 'jsonl') => {
         let text = '';
         for await (const chunk of (await svc.export(auth, t.tenantId, bigList, format, { via: 'token' })).lines) text += chunk;
         return text;
       };
-      const inline = new RecordService({ storage: rt.storage, clock: rt.clock, keys: rt.keys, audit: rt.audit, lists: rt.lists, renderer: new ExportRenderer({ threads: 0 }) });
+      const inline = new RecordService({ storage: rt.storage, clock: rt.clock, keys: rt.keys, audit: rt.audit, lists: rt.lists, workers: new DataWorkers({ threads: 0 }) });
       const jsonl = await collect(rt.records, 'jsonl');
       const ids = jsonl.trimEnd().split('\n').map((l) => JSON.parse(l).id as string);
       expect(ids).toHaveLength(5001);

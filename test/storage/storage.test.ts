@@ -203,7 +203,7 @@ describeEachStorage('storage', (kind) => {
   });
 
   if (kind === 'sqlite') {
-    it('keeps each tenant in a separate SQLite file in WAL mode with synchronous=FULL', async () => {
+    it('keeps each tenant in a separate SQLite file in WAL mode with synchronous=FULL, the write connection reading it through a memory map', async () => {
       const fa = storage.locateTenantStore(a);
       const fb = storage.locateTenantStore(b);
       if (fa.kind !== 'sqlite' || fb.kind !== 'sqlite') throw new Error('expected sqlite');
@@ -216,7 +216,11 @@ describeEachStorage('storage', (kind) => {
         journal: (await sql<{ journal_mode: string }>`pragma journal_mode`.execute(db)).rows[0]?.journal_mode,
         sync: (await sql<{ synchronous: number }>`pragma synchronous`.execute(db)).rows[0]?.synchronous,
         dbs: (await sql<{ name: string; file: string }>`pragma database_list`.execute(db)).rows,
+        mmap: (await sql<{ mmap_size: number }>`pragma mmap_size`.execute(db)).rows[0]?.mmap_size,
       }));
+      const readerMmap = await storage.tenant(a).read(async (db) => (await sql<{ mmap_size: number }>`pragma mmap_size`.execute(db)).rows[0]?.mmap_size);
+      expect(settings.mmap).toBe(0x7fff0000);
+      expect(readerMmap).toBe(0);
       expect(settings.journal).toBe('wal');
       expect(settings.sync).toBe(2); // FULL
       // The connection has exactly one database attached: this tenant's file.

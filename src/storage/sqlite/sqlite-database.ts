@@ -25,7 +25,18 @@ export interface OpenSqliteOptions {
    * a worker thread (see `WalCheckpointer`).
    */
   autoCheckpoint?: boolean;
+  /**
+   * Read the database file through a memory map (up to SQLite's 2 GiB)
+   * instead of a `pread` per page that is not in the page cache: for a
+   * tenant's write connection, whose large writes probe indexes much larger
+   * than the page cache (an import's uniqueness checks through the lookup
+   * keys). Writes still go through the WAL.
+   */
+  memoryMap?: boolean;
 }
+
+/** SQLite's largest memory map as compiled here (its default SQLITE_MAX_MMAP_SIZE). */
+const MMAP_BYTES = 0x7fff0000;
 
 /**
  * Opens a SQLite file with Custos's durability settings: WAL journal with
@@ -44,6 +55,7 @@ export function openSqliteFile(file: string, options: OpenSqliteOptions = {}): D
   db.pragma('cache_size = -32768');
   if (options.queryOnly) db.pragma('query_only = ON');
   if (options.autoCheckpoint === false) db.pragma('wal_autocheckpoint = 0');
+  if (options.memoryMap) db.pragma(`mmap_size = ${MMAP_BYTES}`);
   const busy = Math.max(0, Math.floor(options.busyTimeoutMs ?? BUSY_TIMEOUT_MS));
   if (busy !== BUSY_TIMEOUT_MS) db.pragma(`busy_timeout = ${busy}`);
   return db;

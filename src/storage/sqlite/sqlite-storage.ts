@@ -176,7 +176,7 @@ export class SqliteStorage implements Storage {
     if (!c) {
       const file = this.#tenantFile(tenantId);
       if (fileMustExist && !existsSync(file)) throw new CustosError('tenant_not_found');
-      const { db, raw } = openConnection<TenantDB>(file, { fileMustExist, busyTimeoutMs: 0, autoCheckpoint: !this.#checkpointer.available });
+      const { db, raw } = openConnection<TenantDB>(file, { fileMustExist, busyTimeoutMs: 0, autoCheckpoint: !this.#checkpointer.available, memoryMap: true });
       c = { writer: db, writerHandle: raw, reader: undefined };
       this.#tenants.set(tenantId, c);
     }

@@ -3,10 +3,10 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { newId } from '../../src/core/ids.js';
 import { ObjectKeys } from '../../src/crypto/field-cipher.js';
 import { renderExportPage, type ExportPage, type ExportShape } from '../../src/data/export-format.js';
-import { ExportRenderer } from '../../src/data/export-renderer.js';
+import { DataWorkers } from '../../src/data/data-workers.js';
 import { STANDARD_FIELDS, type FieldDef } from '../../src/data/fields.js';
 import { ohashes } from '../../src/data/ohash.js';
-import { LIST_OBJECT, sealProtected } from '../../src/data/record-codec.js';
+import { LIST_OBJECT, decodeRecord, lookupKey, sealProtected } from '../../src/data/record-codec.js';
 
 const material = (generation: number) => ({ generation, dek: randomBytes(32), indexKey: randomBytes(32) });
 const gen1 = material(1);
@@ -35,9 +35,9 @@ function page(n: number, k: ObjectKeys = keys): ExportPage {
   return p;
 }
 
-describe('export renderer', () => {
-  const threaded = new ExportRenderer({ threads: 2 });
-  const inline = new ExportRenderer({ threads: 0 });
+describe('data workers', () => {
+  const threaded = new DataWorkers({ threads: 2 });
+  const inline = new DataWorkers({ threads: 0 });
   afterAll(async () => {
     await threaded.close();
   });
@@ -93,10 +93,57 @@ describe('export renderer', () => {
     expect(err).toBeInstanceOf(Error);
     expect((err as Error).message).toMatch(/failed to render \(SyntaxError\)/);
     expect((err as Error).message).not.toMatch(/not json|person/);
-    const closing = new ExportRenderer({ threads: 1 });
+    const closing = new DataWorkers({ threads: 1 });
     expect(await closing.render(keys, { defs, clear: true, format: 'csv' }, page(2))).toContain('person0@example.org');
     await closing.close();
     await expect(closing.render(keys, { defs, clear: true, format: 'csv' }, page(2))).rejects.toThrow(/closed/);
-    expect(() => new ExportRenderer({ threads: -1 })).toThrow(TypeError);
+    await expect(closing.encode(keys, { fields: defs, listKey: 1, times: { created: 1, updated: 1 }, records: [] })).rejects.toThrow(/closed/);
+    expect(() => new DataWorkers({ threads: -1 })).toThrow(TypeError);
+  });
+
+  it('encodes new records in worker threads as this thread does: same lookup keys, blind indexes and oHashes, sealed values that open to the same fields', async () => {
+    const fields = defs.map((f) => (f.name === 'SSN' ? { ...f, indexed: true, unique: true } : f));
+    const records = Array.from({ length: 1203 }, (_, i) => ({
+      id: newId(),
+      values: new Map<string, unknown>([
+        ['EMAIL_ADDRESS_', `Person${i}@Example.org`],
+        ['MOBILE_NUMBER_', `+1 555 ${String(i).padStart(7, '0')}`],
+        ['CUSTOMER_ID_', `C${i}`],
+        ['FIRST_NAME', `Name ${i}`],
+        ['SSN', `123-45-${i}`],
+        ['NOTE', i % 2 === 0 ? 'even' : 'odd'],
+      ]),
+      ...(i === 7 ? { presetHashes: { md5: 'ab'.repeat(16) } } : {}),
+    }));
+    // A record with no email keeps a preset oHash.
+    records[7]!.values.delete('EMAIL_ADDRESS_');
+    const job = { fields, listKey: 42, times: { created: 1000, updated: 2000 }, records };
+    const there = await threaded.encode(keys, job);
+    const here = await inline.encode(keys, job);
+    expect(there).toHaveLength(records.length);
+    for (let i = 0; i < records.length; i++) {
+      const [a, b] = [there[i]!, here[i]!];
+      expect(Buffer.isBuffer(a.row.protected) && Buffer.isBuffer(a.row.mobile_bi)).toBe(true);
+      // Random nonces: the sealed values differ, everything else is the same.
+      expect({ ...a.row, protected: null }).toEqual({ ...b.row, protected: null });
+      expect(a.index).toEqual(b.index);
+      expect(a.index.every((ix) => Buffer.isBuffer(ix.value))).toBe(true);
+      expect(a.row.protected!.equals(b.row.protected!)).toBe(false);
+      expect(decodeRecord(keys, fields, a.row)).toEqual(decodeRecord(keys, fields, b.row));
+    }
+    expect(there[0]!.row).toMatchObject({ list_key: 42, id: records[0]!.id, customer_id: 'C0', email_sha256: ohashes('person0@example.org').sha256, k_sha256: lookupKey(ohashes('person0@example.org').sha256), created_at: 1000, updated_at: 2000 });
+    expect(there[7]!.row).toMatchObject({ email_sha256: null, email_md5: 'ab'.repeat(16), email_bi: null });
+    expect(decodeRecord(keys, fields, there[1202]!.row).get('FIRST_NAME')).toBe('Name 1202');
+    // Sealed for this record: another record's id does not open it.
+    expect(() => decodeRecord(keys, fields, { ...there[0]!.row, id: records[1]!.id })).toThrow(expect.objectContaining({ code: 'decryption_failed' }));
+  });
+
+  it('fails an encode job whose values cannot be encoded without the values in the error', async () => {
+    const bad = { id: newId(), values: new Map<string, unknown>([['FIRST_NAME', 'secret-name'], ['NOTE', 10n]]) };
+    const err = await threaded.encode(keys, { fields: defs, listKey: 1, times: { created: 1, updated: 1 }, records: [bad] }).catch((e: unknown) => e as Error);
+    expect(err).toBeInstanceOf(Error);
+    expect((err as Error).message).toMatch(/records failed to encode \(TypeError\)/);
+    expect((err as Error).message).not.toMatch(/secret-name/);
   });
 });
+
