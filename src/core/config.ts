@@ -19,6 +19,8 @@ interface KeySpec {
   min?: number;
   max?: number;
   description: string;
+  /** The name and variable it had before, still read (after the current ones) so that existing deployments keep their setting. */
+  formerly?: { key: string; env: string };
 }
 
 /**
@@ -44,7 +46,7 @@ export const CONFIG_SPEC = {
   workers: { env: 'CUSTOS_WORKERS', flag: '--workers', kind: 'int', default: 1, min: 1, max: 64, description: 'Server processes sharing the port (node:cluster); set it to the number of cores. Scheduled work runs in the first.' },
   shutdownTimeoutMs: { env: 'CUSTOS_SHUTDOWN_TIMEOUT_MS', kind: 'int', default: 10000, min: 0, max: 600000, description: 'How long SIGTERM waits for in-flight requests before closing them.' },
   bodyLimitBytes: { env: 'CUSTOS_BODY_LIMIT_BYTES', kind: 'int', default: 1048576, min: 1024, max: 1073741824, description: 'Largest JSON request body accepted.' },
-  dataThreads: { env: 'CUSTOS_DATA_THREADS', kind: 'int', default: 2, min: 0, max: 16, description: 'Worker threads per server process for the bulk cryptography of customer data: they decrypt and format the pages of a list export, and encrypt the new records of an import, while the main thread talks to storage and serves other requests; 0 does this work on the main thread.' },
+  dataThreads: { env: 'CUSTOS_DATA_THREADS', kind: 'int', default: 2, min: 0, max: 16, description: 'Worker threads per server process for the bulk cryptography of customer data: they decrypt and format the pages of a list export, and encrypt the new records of an import, while the main thread talks to storage and serves other requests; 0 does this work on the main thread. Formerly exportThreads (CUSTOS_EXPORT_THREADS), still read.', formerly: { key: 'exportThreads', env: 'CUSTOS_EXPORT_THREADS' } },
   auditCheckpointDir: { env: 'CUSTOS_AUDIT_CHECKPOINT_DIR', kind: 'string', default: undefined, description: 'Directory outside the data directory where signed activity-stream checkpoints are appended (one JSON-lines file per stream, fsync\'d); `custos audit verify --checkpoints DIR` uses them to detect a truncated stream. Unset: no external copy.' },
   smtpUrl: { env: 'CUSTOS_SMTP_URL', kind: 'string', default: undefined, secret: true, description: 'smtp://user:pass@host:port (STARTTLS when offered) or smtps://… to send mail; unset keeps mail in each tenant\'s outbox (custos mail list).' },
   mailFrom: { env: 'CUSTOS_MAIL_FROM', kind: 'string', default: 'Custos <no-reply@localhost>', description: 'From address of the mail Custos sends.' },
@@ -148,7 +150,7 @@ function readConfigFile(dataDir: string): Record<string, unknown> {
   }
   const obj = parsed as Record<string, unknown>;
   for (const k of Object.keys(obj)) {
-    if (!(k in CONFIG_SPEC)) throw new CustosError('invalid_configuration', `${CONFIG_FILE_NAME}: unknown key ${k}`);
+    if (!(k in CONFIG_SPEC) && !Object.values(CONFIG_SPEC).some((spec: KeySpec) => spec.formerly?.key === k)) throw new CustosError('invalid_configuration', `${CONFIG_FILE_NAME}: unknown key ${k}`);
     if (k === 'dataDir') throw new CustosError('invalid_configuration', `${CONFIG_FILE_NAME}: dataDir cannot be set in the file that lives inside it`);
   }
   return obj;
@@ -168,11 +170,16 @@ export function loadConfig(inputs: ConfigInputs = {}): LoadedConfig {
   const pick = (key: ConfigKey, file: Record<string, unknown>): void => {
     const spec: KeySpec = CONFIG_SPEC[key];
     const flagValue = flags[key];
+    const was = spec.formerly;
+    if (was && file[key] === undefined && file[was.key] !== undefined) file = { ...file, [key]: file[was.key] };
     if (flagValue !== undefined) {
       values[key] = parseValue(key, flagValue, `flag ${spec.flag ?? key}`);
       sources[key] = 'flag';
     } else if (env[spec.env] !== undefined && env[spec.env] !== '') {
       values[key] = parseValue(key, env[spec.env], `environment ${spec.env}`);
+      sources[key] = 'env';
+    } else if (was && env[was.env] !== undefined && env[was.env] !== '') {
+      values[key] = parseValue(key, env[was.env], `environment ${was.env}`);
       sources[key] = 'env';
     } else if (file[key] !== undefined) {
       values[key] = parseValue(key, file[key], CONFIG_FILE_NAME);

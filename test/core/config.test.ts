@@ -81,6 +81,19 @@ describe('configuration', () => {
     expect(JSON.stringify(rows)).not.toContain('s3cret-pw');
   });
 
+  it('still reads a renamed setting by its former name, after the current one (exportThreads → dataThreads)', () => {
+    writeFile({ exportThreads: 5 });
+    expect(loadConfig({ env: { CUSTOS_DATA_DIR: dir }, cwd: dir })).toMatchObject({ config: { dataThreads: 5 }, sources: { dataThreads: 'file' } });
+    expect(loadConfig({ env: { CUSTOS_DATA_DIR: dir, CUSTOS_EXPORT_THREADS: '3' }, cwd: dir })).toMatchObject({ config: { dataThreads: 3 }, sources: { dataThreads: 'env' } });
+    expect(loadConfig({ env: { CUSTOS_DATA_DIR: dir, CUSTOS_EXPORT_THREADS: '3', CUSTOS_DATA_THREADS: '1' }, cwd: dir }).config.dataThreads).toBe(1);
+    writeFile({ exportThreads: 5, dataThreads: 4 });
+    expect(loadConfig({ env: { CUSTOS_DATA_DIR: dir }, cwd: dir }).config.dataThreads).toBe(4);
+    // Checked like the current name.
+    expect(() => loadConfig({ env: { CUSTOS_DATA_DIR: dir, CUSTOS_EXPORT_THREADS: '-1' }, cwd: dir })).toThrow(/CUSTOS_EXPORT_THREADS/);
+    writeFile({ exportThreadz: 5 });
+    expect(() => loadConfig({ env: { CUSTOS_DATA_DIR: dir }, cwd: dir })).toThrow(/unknown key exportThreadz/);
+  });
+
   it('describes every key of the spec, each with an environment variable', () => {
     const rows = describeConfig(loadConfig({ env: { CUSTOS_DATA_DIR: dir }, cwd: dir }));
     expect(rows.map((r) => r.key).sort()).toEqual(Object.keys(CONFIG_SPEC).sort());
