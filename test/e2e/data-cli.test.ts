@@ -1,4 +1,5 @@
 import { readFileSync, readdirSync, statSync, writeFileSync, mkdtempSync } from 'node:fs';
+import { createServer, connect, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
@@ -104,6 +105,77 @@ describeEachStorage('custos login / lists / records (CLI)', (kind) => {
     const blob = Buffer.concat(all);
     for (const needle of [emails(42), emails(42).toLowerCase(), 'person.42', phone(42), '2079461042']) expect(blob.includes(Buffer.from(needle)), needle).toBe(false);
     expect(blob.includes(Buffer.from(ohashes(emails(42)).sha256))).toBe(true);
+  });
+
+  it('sends a batch again when its connection fails, whether or not the server applied it, and gives up after three retries saying where to resume', async () => {
+    // A TCP proxy in front of the server (TLS passes through it) that cuts the next `cuts` connections carrying a
+    // batch: on 'request', once 20 KB of it are through (the server never gets it whole); on 'response', at the first
+    // bytes of the answer (the server applied it, the client never hears so).
+    const proxy = { mode: 'request' as 'request' | 'response', cuts: 0 };
+    const upstreamPort = Number(new URL(server.url).port);
+    const tcp = createServer((client: Socket) => {
+      const upstream = connect(upstreamPort, '127.0.0.1');
+      let sent = 0;
+      const cut = () => {
+        proxy.cuts--;
+        client.resetAndDestroy();
+        upstream.destroy();
+      };
+      client.on('data', (d: Buffer) => {
+        sent += d.length;
+        if (proxy.mode === 'request' && proxy.cuts > 0 && sent > 20_000) return cut();
+        upstream.write(d);
+      });
+      upstream.on('data', (d: Buffer) => {
+        if (proxy.mode === 'response' && proxy.cuts > 0 && sent > 20_000) return cut();
+        client.write(d);
+      });
+      client.on('error', () => upstream.destroy());
+      upstream.on('error', () => client.destroy());
+      client.on('close', () => upstream.destroy());
+      upstream.on('close', () => client.destroy());
+    });
+    await new Promise<void>((resolve) => tcp.listen(0, '127.0.0.1', resolve));
+    try {
+      const via = `https://127.0.0.1:${(tcp.address() as AddressInfo).port}`;
+      const login = await cli(['login', '--url', via, '--tenant', 'clico', '--user', 'loader', '--ca', env.config.tlsCert, '--password-stdin'], 'A-new long password for the loader!\n');
+      expect(login.code, login.stderr).toBe(0);
+      expect((await cli(['lists', 'create', 'Retried', '--json'])).code).toBe(0);
+      const csv = (from: number) => ['EMAIL_ADDRESS_,CUSTOMER_ID_', ...Array.from({ length: 2000 }, (_, i) => `retry${from + i}@retry.example,R${from + i}`)].join('\n');
+      const count = async () => (JSON.parse((await cli(['lists', 'list', '--json'])).stdout) as Array<{ name: string; recordCount: number }>).find((l) => l.name === 'Retried')!.recordCount;
+
+      // Cut before the server had the batch: sent again, applied once.
+      writeFileSync(path.join(work, 'retry-a.csv'), csv(0));
+      Object.assign(proxy, { mode: 'request', cuts: 1 });
+      const a = await cli(['records', 'import', path.join(work, 'retry-a.csv'), '--list', 'Retried', '--match-key', 'CUSTOMER_ID_', '--batch-size', '1000', '--json']);
+      expect(a.code, a.stderr).toBe(0);
+      expect(proxy.cuts).toBe(0);
+      expect(a.stderr).toMatch(/the connection failed \(\w+\) while sending the batch starting at line 2; sending it again \(retry 1 of 3\)/);
+      expect(JSON.parse(a.stdout)).toEqual({ inserted: 2000, updated: 0, skipped: 0, records: 2000 });
+      expect(await count()).toBe(2000);
+
+      // Cut after the server applied the batch: sent again, it finds its records and writes the same values.
+      writeFileSync(path.join(work, 'retry-b.csv'), csv(2000));
+      Object.assign(proxy, { mode: 'response', cuts: 1 });
+      const b = await cli(['records', 'import', path.join(work, 'retry-b.csv'), '--list', 'Retried', '--match-key', 'CUSTOMER_ID_', '--batch-size', '1000', '--json']);
+      expect(b.code, b.stderr).toBe(0);
+      expect(proxy.cuts).toBe(0);
+      expect(JSON.parse(b.stdout)).toEqual({ inserted: 1000, updated: 1000, skipped: 0, records: 2000 });
+      expect(await count()).toBe(4000);
+
+      // Every attempt cut: the import stops after three retries, naming the batch's line and what was imported before it.
+      writeFileSync(path.join(work, 'retry-c.csv'), csv(4000));
+      Object.assign(proxy, { mode: 'request', cuts: 100 });
+      const c = await cli(['records', 'import', path.join(work, 'retry-c.csv'), '--list', 'Retried', '--match-key', 'CUSTOMER_ID_', '--batch-size', '1000']);
+      expect(c.code).toBe(1);
+      expect(proxy.cuts).toBe(96);
+      expect(c.stderr).toMatch(/retry 3 of 3/);
+      expect(c.stderr).toMatch(/custos: the batch starting at line 2 could not be sent \(the connection failed \(\w+\) 4 times\); 0 record\(s\) before it were imported.*\(service_unavailable\)/);
+      proxy.cuts = 0;
+      expect(await count()).toBe(4000);
+    } finally {
+      await new Promise((resolve) => tcp.close(resolve));
+    }
   });
 
   it('logs out: the stored credentials are gone and commands need a new login', async () => {

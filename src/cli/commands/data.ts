@@ -17,6 +17,33 @@ interface ListSummary {
   fields: Array<{ name: string; type: string; classification: string; unique: boolean; indexed: boolean; standard: boolean }>;
 }
 
+/** Connection failures after which a batch is sent again: the request may or may not have reached the server. */
+const RETRIED_ERRORS = new Set(['ECONNRESET', 'EPIPE', 'ECONNREFUSED', 'ETIMEDOUT', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
+/** Waits before the retries of a batch whose connection failed (then it gives up). */
+export const IMPORT_RETRY_DELAYS_MS = [250, 1000, 4000];
+
+/**
+ * Sends an import batch, again when the connection fails before an answer
+ * (reset, refused while the server restarts, timed out). Safe because a
+ * merge by match key is idempotent: if the lost attempt was applied, the
+ * retry finds the same records and writes the same values (they count as
+ * updated, not inserted). HTTP answers, errors included, are never retried.
+ */
+async function sendBatch(c: ApiClient, path: string, body: unknown, onRetry: (code: string, attempt: number) => void): Promise<Awaited<ReturnType<ApiClient['send']>>> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await c.send('POST', path, body);
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      if (typeof code !== 'string' || !RETRIED_ERRORS.has(code)) throw err;
+      const delay = IMPORT_RETRY_DELAYS_MS[attempt];
+      if (delay === undefined) throw new CustosError('service_unavailable', `the connection failed (${code}) ${attempt + 1} times`);
+      onRetry(code, attempt + 1);
+      await new Promise((resolve) => setTimeout(resolve, delay));
+    }
+  }
+}
+
 async function withClient<T>(fn: (c: ApiClient) => Promise<T>): Promise<T> {
   const c = await ApiClient.fromProfile();
   try {
@@ -107,7 +134,16 @@ export function recordsCommand(): Command {
         let firstLine = 2;
         const flush = async () => {
           if (batch.length === 0) return;
-          const res = await c.send('POST', `/lists/${listId}/records/merge`, { matchKey: opts.matchKey, records: batch });
+          let res;
+          try {
+            res = await sendBatch(c, `/lists/${listId}/records/merge`, { matchKey: opts.matchKey, records: batch }, (code, attempt) => {
+              process.stderr.write(`\nthe connection failed (${code}) while sending the batch starting at line ${firstLine}; sending it again (retry ${attempt} of ${IMPORT_RETRY_DELAYS_MS.length})\n`);
+            });
+          } catch (err) {
+            bar.stop();
+            const why = err instanceof CustosError ? err.message : `${(err as Error).name}: ${(err as Error).message}`;
+            throw new CustosError('service_unavailable', `the batch starting at line ${firstLine} could not be sent (${why}); ${totals.records} record(s) before it were imported, and it may have been applied: run the import again from that line, or whole (merges are idempotent)`);
+          }
           if (res.status !== 200) {
             const err = await problemFrom(res);
             const errors = (err.extensions?.errors ?? []) as Array<{ line: number; field?: string; reason: string }>;
