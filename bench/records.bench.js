@@ -171,17 +171,38 @@ function sqliteBaselines() {
   const multi = sameDb.prepare(`insert into records (${SAME_COLUMNS}, seq) values ${Array(ROWS).fill('(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)').join(', ')}`);
   const one = sameDb.prepare(`insert into records (${SAME_COLUMNS}, seq) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`);
   // Key entries as Custos writes them: per batch, one table at a time, in key order, 300 per statement, into the
-  // recent tables, each folded into its key table when Custos would fold it (`RecordKeys`).
+  // recent tables; after the batch's commit each due recent table is folded into its key table as Custos folds it
+  // (`RecordKeys.foldDue`: the same rule, `step` entries per transaction, in key order).
   const KEYS = 300;
   for (const table of keyTableNames) sameDb.prepare('insert into record_keys_state (tbl, folded, added) values (?, 0, 0)').run(table);
   const keyTables = keyTableNames.map((table, j) => ({
     at: 5 + j,
     multi: sameDb.prepare(`insert into ${table}_recent (list_key, k, seq) values ${Array(KEYS).fill('(?, ?, ?)').join(', ')}`),
     one: sameDb.prepare(`insert into ${table}_recent (list_key, k, seq) values (?, ?, ?)`),
-    added: sameDb.prepare('update record_keys_state set added = added + ? where tbl = ? returning folded, added'),
-    fold: [`insert into ${table} (list_key, k, seq) select list_key, k, seq from ${table}_recent order by list_key, k, seq`, `delete from ${table}_recent`, `update record_keys_state set folded = (select count(*) from ${table}), added = 0 where tbl = '${table}'`].map((q) => sameDb.prepare(q)),
+    added: sameDb.prepare('update record_keys_state set added = added + ? where tbl = ?'),
+    state: sameDb.prepare('select folded, added from record_keys_state where tbl = ?'),
+    bound: sameDb.prepare(`select list_key, k, seq from ${table}_recent order by list_key, k, seq limit 1 offset ?`),
+    moveBefore: sameDb.prepare(`insert into ${table} (list_key, k, seq) select list_key, k, seq from ${table}_recent where (list_key, k, seq) < (?, ?, ?) order by list_key, k, seq`),
+    dropBefore: sameDb.prepare(`delete from ${table}_recent where (list_key, k, seq) < (?, ?, ?)`),
+    last: [`insert into ${table} (list_key, k, seq) select list_key, k, seq from ${table}_recent order by list_key, k, seq`, `delete from ${table}_recent`, `update record_keys_state set folded = (select count(*) from ${table}), added = 0 where tbl = '${table}'`].map((q) => sameDb.prepare(q)),
     table,
   }));
+  const foldStep = sameDb.transaction((kt) => {
+    const b = kt.bound.get(DEFAULT_FOLD.step);
+    if (!b) {
+      for (const q of kt.last) q.run();
+      return true;
+    }
+    kt.moveBefore.run(b.list_key, b.k, b.seq);
+    kt.dropBefore.run(b.list_key, b.k, b.seq);
+    return false;
+  });
+  const foldDue = () => {
+    for (const kt of keyTables) {
+      const state = kt.state.get(kt.table);
+      if (state.added >= Math.max(DEFAULT_FOLD.min, state.folded / DEFAULT_FOLD.ratio)) while (!foldStep(kt));
+    }
+  };
   const insertSame = sameDb.transaction((from, to) => {
     const rows = [];
     for (let i = from; i < to; i++) rows.push([...rowOf(i), i + 1]);
@@ -197,12 +218,14 @@ function sqliteBaselines() {
         if (part.length === KEYS) kt.multi.run(part.flat());
         else for (const e of part) kt.one.run(e);
       }
-      const state = kt.added.get(entries.length, kt.table);
-      if (state.added >= Math.max(DEFAULT_FOLD.min, state.folded / DEFAULT_FOLD.ratio)) for (const q of kt.fold) q.run();
+      kt.added.run(entries.length, kt.table);
     }
   });
   start = performance.now();
-  for (let b = 0; b < N; b += 10000) insertSame(b, Math.min(b + 10000, N));
+  for (let b = 0; b < N; b += 10000) {
+    insertSame(b, Math.min(b + 10000, N));
+    foldDue();
+  }
   const sameRate = N / ((performance.now() - start) / 1000);
   sameDb.close();
   return { baseRate, sameRate };

@@ -4,6 +4,7 @@ import type { StorageAdapter } from '../storage/adapter.js';
 import { RECENT_KEY_TABLES, RECORD_KEY_TABLES, RECORD_KEYS_STATE } from '../storage/migrations/tenant/0010-record-keys.js';
 import { MultiRowInsert } from '../storage/multi-row-insert.js';
 import type { TenantDB } from '../storage/schema.js';
+import type { TenantStore } from '../storage/storage.js';
 
 /** A `records` column holding a lookup key: 48-bit prefixes of the SHA-256 and MD5 oHashes and of the mobile blind index. */
 export type KeyColumn = keyof typeof RECORD_KEY_TABLES;
@@ -27,13 +28,17 @@ const INSERT_SIZES = [300, 50, 10, 1] as const;
  * to it since the last fold reach `ratio`-th of the key table's (and at
  * least `min`). Each batch then touches the recent table's few hundred
  * pages, and a fold rewrites the key table's pages once per `ratio` times
- * its size in new entries.
+ * its size in new entries. A fold moves `step` entries per transaction, in
+ * key order, so that each holds the tenant's write lock for a slice of the
+ * key range only (at 1,000,000 entries a whole fold took ~135 ms per table;
+ * at tens of millions it would take seconds).
  */
 export interface FoldPolicy {
   min: number;
   ratio: number;
+  step: number;
 }
-export const DEFAULT_FOLD: FoldPolicy = { min: 50_000, ratio: 8 };
+export const DEFAULT_FOLD: FoldPolicy = { min: 50_000, ratio: 8, step: 20_000 };
 
 /**
  * Where a tenant store keeps the lookup keys of records. SQLite: in three
@@ -87,8 +92,9 @@ export class RecordKeys {
 
   /**
    * Adds the key entries of records just inserted or re-keyed (SQLite) to
-   * the recent tables, each table's in key order, and folds a recent table
-   * that has grown enough. The caller holds the write transaction.
+   * the recent tables, each table's in key order, and counts them towards
+   * the next fold (see {@link foldDue}). The caller holds the write
+   * transaction.
    */
   async add(db: Kysely<TenantDB>, listKey: number, records: readonly KeyedRecord[]): Promise<void> {
     if (!this.tables || records.length === 0) return;
@@ -99,28 +105,56 @@ export class RecordKeys {
         .sort((a, b) => a[0] - b[0] || a[1] - b[1]);
       if (entries.length === 0) continue;
       await this.#inserts[column].run(db, entries.flatMap(([k, seq]) => [listKey, k, seq]));
-      const state = await db
+      await db
         .updateTable(RECORD_KEYS_STATE)
         .set((eb) => ({ added: eb('added', '+', entries.length) }))
         .where('tbl', '=', RECORD_KEY_TABLES[column])
-        .returning(['folded', 'added'])
-        .executeTakeFirstOrThrow();
-      if (state.added >= Math.max(this.#fold.min, state.folded / this.#fold.ratio)) await this.fold(db, column);
+        .execute();
     }
   }
 
   /**
-   * Moves the entries of a recent table into its key table, in key order
-   * (SQLite; the caller holds the write transaction), and records the key
-   * table's size. Look-ups find the same records before and after.
+   * Folds each recent table that has grown enough into its key table
+   * (SQLite), `step` entries per transaction of its own, after the writes
+   * that filled it have committed. Look-ups find the same records at every
+   * step; another process folding at the same time only finds less to move.
    */
-  async fold(db: Kysely<TenantDB>, column: KeyColumn): Promise<void> {
+  async foldDue(store: TenantStore): Promise<void> {
     if (!this.tables) return;
+    const states = await store.read((db) => db.selectFrom(RECORD_KEYS_STATE).selectAll().execute());
+    for (const column of KEY_COLUMNS) {
+      const state = states.find((st) => st.tbl === RECORD_KEY_TABLES[column]);
+      if (!state || state.added < Math.max(this.#fold.min, state.folded / this.#fold.ratio)) continue;
+      while (!(await store.transaction((db) => this.foldStep(db, column, this.#fold.step))));
+    }
+  }
+
+  /** Moves every entry of a recent table into its key table in one transaction (the caller's). */
+  async fold(db: Kysely<TenantDB>, column: KeyColumn): Promise<void> {
+    await this.foldStep(db, column, Number.MAX_SAFE_INTEGER);
+  }
+
+  /**
+   * Moves the first `limit` entries of a recent table, in key order, into its
+   * key table (SQLite; the caller holds the write transaction). When that
+   * empties the recent table, records the key table's size and answers true.
+   */
+  async foldStep(db: Kysely<TenantDB>, column: KeyColumn, limit: number): Promise<boolean> {
+    if (!this.tables) return true;
     const main = sql.table(RECORD_KEY_TABLES[column]);
     const recent = sql.table(RECENT_KEY_TABLES[column]);
+    const { rows } = await sql<{ list_key: number; k: number; seq: number }>`select list_key, k, seq from ${recent} order by list_key, k, seq limit 1 offset ${limit}`.execute(db);
+    const bound = rows[0];
+    if (bound) {
+      const before = sql`(list_key, k, seq) < (${bound.list_key}, ${bound.k}, ${bound.seq})`;
+      await sql`insert into ${main} (list_key, k, seq) select list_key, k, seq from ${recent} where ${before} order by list_key, k, seq`.execute(db);
+      await sql`delete from ${recent} where ${before}`.execute(db);
+      return false;
+    }
     await sql`insert into ${main} (list_key, k, seq) select list_key, k, seq from ${recent} order by list_key, k, seq`.execute(db);
     await sql`delete from ${recent}`.execute(db);
     await sql`update ${sql.table(RECORD_KEYS_STATE)} set folded = (select count(*) from ${main}), added = 0 where tbl = ${RECORD_KEY_TABLES[column]}`.execute(db);
+    return true;
   }
 
   /** Removes the key entries of records about to be deleted or re-keyed (SQLite), given their current keys. */

@@ -19,7 +19,7 @@ import type { ListService, LoadedList } from './list-service.js';
 import { ohashes } from './ohash.js';
 import { LIST_OBJECT, decodeRecord, encodeRecord, indexValue, lookupKey, normaliseForMatch, openProtected, sealProtected } from './record-codec.js';
 import { redact } from './redaction.js';
-import { RecordKeys, rekeyed, type KeyColumn, type KeyedRecord } from './record-keys.js';
+import { RecordKeys, rekeyed, type FoldPolicy, type KeyColumn, type KeyedRecord } from './record-keys.js';
 import { csvHeader, type ExportPage, type ExportShape } from './export-format.js';
 import { DataWorkers } from './data-workers.js';
 import { MultiRowInsert } from '../storage/multi-row-insert.js';
@@ -142,8 +142,11 @@ export class RecordService {
   readonly #log: Logger | undefined;
   readonly #workers: DataWorkers;
 
-  /** `workers`: where export pages are rendered and imported records encrypted (default: in this thread). */
-  constructor(deps: { storage: Storage; clock: Clock; keys: KeyService; audit: AuditService; lists: ListService; logger?: Logger; workers?: DataWorkers }) {
+  /**
+   * `workers`: where export pages are rendered and imported records encrypted (default: in this thread);
+   * `keyFold`: when SQLite's recent lookup keys are folded (default `DEFAULT_FOLD`).
+   */
+  constructor(deps: { storage: Storage; clock: Clock; keys: KeyService; audit: AuditService; lists: ListService; logger?: Logger; workers?: DataWorkers; keyFold?: FoldPolicy }) {
     this.#log = deps.logger;
     this.#workers = deps.workers ?? new DataWorkers({ threads: 0 });
     this.#storage = deps.storage;
@@ -152,7 +155,7 @@ export class RecordService {
     this.#audit = deps.audit;
     this.#lists = deps.lists;
     this.#adapter = deps.storage.adapter;
-    this.#recordKeys = new RecordKeys(deps.storage.adapter);
+    this.#recordKeys = new RecordKeys(deps.storage.adapter, deps.keyFold);
     this.#recordColumns = this.#recordKeys.tables ? [...RECORD_COLUMNS, 'seq'] : RECORD_COLUMNS;
     this.#recordInsert = new MultiRowInsert('records', this.#recordColumns, RECORD_INSERT_SIZES, deps.storage.adapter.kind);
   }
@@ -465,10 +468,25 @@ export class RecordService {
         details: { matchKey: opts.matchKey, received: records.length, inserted, updated, skipped },
       });
       return { inserted, updated, skipped, ids };
-    }).then((result) => {
+    }).then(async (result) => {
       this.#afterBulkInsert(tenantId, result.inserted);
+      await this.#foldKeys(tenantId);
       return result;
     });
+  }
+
+  /**
+   * SQLite: folds the recent lookup-key tables that writes have grown into
+   * their key tables, in short transactions of their own, once the writes
+   * that grew them are committed. A failure is logged and left for the next
+   * write: look-ups read both tables, so nothing depends on it.
+   */
+  async #foldKeys(tenantId: string): Promise<void> {
+    try {
+      await this.#recordKeys.foldDue(this.#storage.tenant(tenantId));
+    } catch (err) {
+      this.#log?.warn({ err, tenantId }, 'could not fold the recent lookup keys; the next write tries again');
+    }
   }
 
   /** Rows inserted per tenant since its records' statistics were last refreshed, and refreshes in flight. */
@@ -536,7 +554,7 @@ export class RecordService {
   }
 
   async create(auth: AuthContext, tenantId: string, listId: string, input: unknown): Promise<RecordView> {
-    return this.#storage.tenant(tenantId).transaction(async (db) => {
+    const view = await this.#storage.tenant(tenantId).transaction(async (db) => {
       await this.#lists.lockForWrite(db, listId);
       const list = await this.#lists.load(db, auth, listId, 'lists.write');
       const keys = await this.#keysOf(db, tenantId, listId);
@@ -548,6 +566,8 @@ export class RecordService {
       await this.#audit.append(db, tenantId, { type: 'records.create', outcome: 'success', actor: auth, resource: { type: 'record', id: id!, name: list.row.name } });
       return this.#render(auth, list, row, decodeRecord(keys, list.fields, row));
     });
+    await this.#foldKeys(tenantId);
+    return view;
   }
 
   /** One record by its key, compiled once per storage (the SQL is the same for every tenant): building it cost a single-record read ~15 µs. */
@@ -595,7 +615,7 @@ export class RecordService {
   }
 
   async update(auth: AuthContext, tenantId: string, listId: string, recordId: string, input: unknown, mode: 'merge' | 'replace' = 'merge'): Promise<RecordView> {
-    return this.#storage.tenant(tenantId).transaction(async (db) => {
+    const view = await this.#storage.tenant(tenantId).transaction(async (db) => {
       await this.#lists.lockForWrite(db, listId);
       const list = await this.#lists.load(db, auth, listId, 'lists.write');
       const target = await this.#row(db, list.row.key, recordId);
@@ -608,6 +628,8 @@ export class RecordService {
       await this.#audit.append(db, tenantId, { type: 'records.update', outcome: 'success', actor: auth, resource: { type: 'record', id: recordId, name: list.row.name }, details: { fields: [...values.keys()] } });
       return this.#render(auth, list, row, decodeRecord(keys, list.fields, row));
     });
+    await this.#foldKeys(tenantId);
+    return view;
   }
 
   async delete(auth: AuthContext, tenantId: string, listId: string, recordIds: string[]): Promise<{ deleted: number }> {

@@ -3,6 +3,8 @@ import Database from 'better-sqlite3';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { ohashes } from '../../src/data/ohash.js';
 import { RecordKeys, type KeyColumn } from '../../src/data/record-keys.js';
+import { RecordService } from '../../src/data/record-service.js';
+import { parseCredential } from '../../src/iam/credentials.js';
 import { RECENT_KEY_TABLES, RECORD_KEY_TABLES } from '../../src/storage/migrations/tenant/0010-record-keys.js';
 import { makeApp } from '../helpers/app.js';
 import { apiUser, tenantWithAdmin, type SignedIn } from '../helpers/iam.js';
@@ -170,33 +172,47 @@ describeEachStorage('record lookup keys', (kind) => {
     });
   });
 
-  it.runIf(kind === 'sqlite')('a recent table is folded when it has grown to its share of the key table, and removals reach entries in either', async () => {
-    const keys = new RecordKeys(rt.storage.adapter, { min: 10, ratio: 2 });
+  it.runIf(kind === 'sqlite')('a recent table is folded, a step per transaction, once it has grown to its share of the key table; removals reach entries in either', async () => {
+    const keys = new RecordKeys(rt.storage.adapter, { min: 10, ratio: 2, step: 4 });
     const other = 1_000_000; // a list key no list has
     const entry = (seq: number) => ({ seq, k_sha256: 1000 + seq, k_md5: null, k_mobile: null });
+    const store = rt.storage.tenant(t.tenantId);
     const sizes = () =>
-      rt.storage.tenant(t.tenantId).read(async (db) => ({
+      store.read(async (db) => ({
         main: (await db.selectFrom('record_keys_sha256').select('seq').where('list_key', '=', other).execute()).length,
         recent: (await db.selectFrom('record_keys_sha256_recent').select('seq').where('list_key', '=', other).execute()).length,
         md5: (await db.selectFrom('record_keys_md5_recent').select('seq').where('list_key', '=', other).execute()).length,
       }));
-    const store = rt.storage.tenant(t.tenantId);
-    const before = await store.read(async (db) => db.selectFrom('record_keys_state').selectAll().where('tbl', '=', 'record_keys_sha256').executeTakeFirstOrThrow());
+    const state = () => store.read(async (db) => db.selectFrom('record_keys_state').selectAll().where('tbl', '=', 'record_keys_sha256').executeTakeFirstOrThrow());
     await store.transaction(async (db) => keys.removeList(db, other));
+    // Entries of other lists may wait in the recent table too: fold them first, so that this test counts its own.
+    await store.transaction(async (db) => keys.fold(db, 'k_sha256'));
+    const before = await state();
     const add = (from: number, n: number) => store.transaction(async (db) => keys.add(db, other, Array.from({ length: n }, (_, i) => entry(from + i))));
-    // The key table of this store already holds `before.folded` entries; the threshold is max(10, folded / 2).
-    const threshold = Math.max(10, before.folded / 2) - before.added;
+    // The threshold is max(10, folded / 2) entries added since the last fold.
+    const threshold = Math.max(10, before.folded / 2);
     await add(1, threshold - 1);
-    expect(await sizes()).toMatchObject({ recent: threshold - 1, md5: 0 });
+    await keys.foldDue(store);
+    expect(await sizes()).toMatchObject({ main: 0, recent: threshold - 1, md5: 0 });
+    expect((await state()).added).toBe(threshold - 1);
+    // The next entry makes it due: the fold moves everything, four entries per transaction, in key order.
     await add(threshold, 1);
+    const commits: number[] = [];
+    const counting = {
+      tenantId: store.tenantId,
+      read: store.read.bind(store),
+      transaction: async <T>(fn: Parameters<typeof store.transaction<T>>[0]) => {
+        const r = await store.transaction(fn);
+        commits.push((await sizes()).main);
+        return r;
+      },
+    };
+    await keys.foldDue(counting);
     expect(await sizes()).toMatchObject({ main: threshold, recent: 0 });
+    expect(commits).toEqual([...Array.from({ length: Math.ceil(threshold / 4) - 1 }, (_, i) => 4 * (i + 1)), threshold]);
     // The fold recorded the key table's size (every list's entries) and started counting again.
-    const after = await store.read(async (db) => ({
-      state: await db.selectFrom('record_keys_state').selectAll().where('tbl', '=', 'record_keys_sha256').executeTakeFirstOrThrow(),
-      entries: (await db.selectFrom('record_keys_sha256').select('seq').execute()).length,
-    }));
-    expect(after.state).toMatchObject({ folded: after.entries, added: 0 });
-    expect(after.entries).toBeGreaterThanOrEqual(threshold);
+    const entries = await store.read(async (db) => (await db.selectFrom('record_keys_sha256').select('seq').execute()).length);
+    expect(await state()).toMatchObject({ folded: entries, added: 0 });
     await add(threshold + 1, 3);
     expect(await sizes()).toMatchObject({ main: threshold, recent: 3 });
     // One entry in the key table and one in the recent table are removed by the same call.
@@ -206,6 +222,29 @@ describeEachStorage('record lookup keys', (kind) => {
     expect(found.sql).toMatch(/union all/);
     await store.transaction(async (db) => keys.removeList(db, other));
     expect(await sizes()).toEqual({ main: 0, recent: 0, md5: 0 });
+  });
+
+  it.runIf(kind === 'sqlite')('merges and creates fold the recent keys once they are due, after their own commit; the records are found by every key', async () => {
+    const svc = new RecordService({ storage: rt.storage, clock: rt.clock, keys: rt.keys, audit: rt.audit, lists: rt.lists, keyFold: { min: 30, ratio: 1_000_000, step: 7 } });
+    const auth = await rt.sessions.authenticate(t.tenantId, parseCredential(director.token)!.secret, 'token', { ip: '127.0.0.1' });
+    const created = await api('POST', '/lists', { name: 'Folding', fields: [] });
+    listId = created.json().id as string;
+    listKey = await rt.storage.tenant(t.tenantId).read(async (db) => (await db.selectFrom('lists').select('key').where('id', '=', listId).executeTakeFirstOrThrow()).key);
+    // Whatever other lists left in the recent tables is folded first, so that this list's entries are counted alone.
+    await foldAll();
+    const merged = await svc.merge(auth, t.tenantId, listId, Array.from({ length: 25 }, (_, i) => ({ EMAIL_ADDRESS_: email(300 + i), MOBILE_NUMBER_: mobile(300 + i) })), { matchKey: 'EMAIL_ADDRESS_' });
+    expect(merged.inserted).toBe(25);
+    for (const column of columns) expect(await recentCount(column), column).toBe(25);
+    // Five more make 30 added: due, and folded before the merge answers.
+    await svc.merge(auth, t.tenantId, listId, Array.from({ length: 4 }, (_, i) => ({ EMAIL_ADDRESS_: email(325 + i), MOBILE_NUMBER_: mobile(325 + i) })), { matchKey: 'EMAIL_ADDRESS_' });
+    for (const column of columns) expect(await recentCount(column), column).toBe(29);
+    const one = await svc.create(auth, t.tenantId, listId, { EMAIL_ADDRESS_: email(329), MOBILE_NUMBER_: mobile(329) });
+    for (const column of columns) expect(await recentCount(column), column).toBe(0);
+    await expectInStep();
+    expect(await found('EMAIL_ADDRESS_', email(329))).toEqual([one.id]);
+    expect(await found('MOBILE_NUMBER_', mobile(300))).toEqual([merged.ids[0]]);
+    expect(await found('EMAIL_MD5_HASH_', ohashes(email(310)).md5)).toEqual([merged.ids[10]]);
+    expect((await api('DELETE', `/lists/${listId}`)).statusCode).toBe(204);
   });
 
   it.runIf(kind === 'sqlite')('migration 0010 numbers the records of a store that had them before, fills the key tables and drops the old indexes', async () => {
