@@ -57,8 +57,9 @@ export const recordKeysMigrations: readonly Migration[] = [
     name: '0011_record_keys_recent',
     /**
      * SQLite only: new key entries go to a small table of recent entries
-     * beside each key table, folded into it in one sorted pass once the
-     * recent table holds an eighth as many (see `RecordKeys`).
+     * beside each key table, folded into it in key order once an eighth as
+     * many have been added (see `RecordKeys`). `record_keys_state` keeps,
+     * per key table, its size at the last fold and the entries added since.
      *
      * Why: a batch's keys are random, so a batch of 10,000 dirtied nearly
      * every leaf page of each key table — at 1,000,000 records about 6,000
@@ -66,7 +67,7 @@ export const recordKeysMigrations: readonly Migration[] = [
      * checkpointed — and the import slowed as the list grew (raw SQL, same
      * machine state: 38,000 rows/s over the first 200,000 records, 23,000
      * over the last). Inserting into the recent tables touches a few hundred
-     * pages; a fold rewrites a key table's pages once per ~12 batches
+     * pages; folds rewrite a key table's pages once per ~12 batches
      * (1,000,000 records in 40,900 rows/s against 28,800, docs/PERFORMANCE.md).
      */
     async up(db, adapter) {
