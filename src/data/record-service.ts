@@ -1,5 +1,4 @@
-import type { CompiledQuery} from 'kysely';
-import { sql, type Kysely, type Selectable, type SelectQueryBuilder } from 'kysely';
+import { CompiledQuery, sql, type Kysely, type Selectable, type SelectQueryBuilder } from 'kysely';
 import type { AuditService } from '../audit/audit-service.js';
 import type { Clock } from '../core/clock.js';
 import { rfc3339 } from '../core/clock.js';
@@ -92,6 +91,8 @@ function keyedRecord(r: { seq?: number | null; k_sha256: number | null; k_md5: n
 const RECORD_COLUMNS = ['list_key', 'id', 'customer_id', 'email_sha256', 'email_md5', 'email_bi', 'mobile_bi', 'k_sha256', 'k_md5', 'k_mobile', 'plain', 'protected', 'created_at', 'updated_at'] as const;
 /** Rows per records INSERT (see `MultiRowInsert`). */
 const RECORD_INSERT_SIZES = [200, 50, 10, 1] as const;
+/** The columns a write of a stored record sets: all but its identity and creation time. */
+const UPDATED_COLUMNS = RECORD_COLUMNS.filter((c) => c !== 'list_key' && c !== 'id' && c !== 'created_at');
 
 
 /** A message without the value: the value may be personal data. */
@@ -158,6 +159,9 @@ export class RecordService {
     this.#recordKeys = new RecordKeys(deps.storage.adapter, deps.keyFold);
     this.#recordColumns = this.#recordKeys.tables ? [...RECORD_COLUMNS, 'seq'] : RECORD_COLUMNS;
     this.#recordInsert = new MultiRowInsert('records', this.#recordColumns, RECORD_INSERT_SIZES, deps.storage.adapter.kind);
+    let n = 0;
+    const param = () => (deps.storage.adapter.kind === 'postgres' ? `$${++n}` : '?');
+    this.#recordUpdate = `UPDATE records SET ${UPDATED_COLUMNS.map((c) => `${c} = ${param()}`).join(', ')} WHERE list_key = ${param()} AND id = ${param()}`;
   }
 
   #keysOf(db: Kysely<TenantDB>, tenantId: string, listId: string): Promise<ObjectKeys> {
@@ -334,8 +338,7 @@ export class RecordService {
     if (recordKeys.tables) await recordKeys.add(db, listKey, inserted.map(keyedRecord));
     const rekeys = { remove: [] as KeyedRecord[], add: [] as KeyedRecord[] };
     for (const r of rows.filter((x) => x.item.target !== null)) {
-      const { list_key: _l, id: _i, created_at: _c, ...set } = r.row;
-      await db.updateTable('records').set(set).where('list_key', '=', listKey).where('id', '=', r.row.id).execute();
+      await db.executeQuery(CompiledQuery.raw(this.#recordUpdate, [...UPDATED_COLUMNS.map((c) => r.row[c] ?? null), listKey, r.row.id]));
       if (recordKeys.tables) {
         const target = r.item.target!;
         const change = rekeyed(keyedRecord(target), r.row);
@@ -356,6 +359,8 @@ export class RecordService {
   /** New records' columns, in order: the insert's, and the order their values are flattened in. */
   readonly #recordColumns: readonly (keyof RecordsTable)[];
   readonly #recordInsert: MultiRowInsert;
+  /** The UPDATE of one stored record, its SQL built once: through Kysely's builder, a tenth of an update import's CPU. */
+  readonly #recordUpdate: string;
 
   /** Inserts new records, a few statements for thousands (see `MultiRowInsert`). */
   async #insertRecords(db: Kysely<TenantDB>, rows: readonly RecordsTable[]): Promise<void> {
