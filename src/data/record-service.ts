@@ -16,11 +16,11 @@ import type { RecordsTable } from './data-tables.js';
 import { CUSTOMER_ID, EMAIL, MATCH_KEYS, MD5, MOBILE, SHA256, checkValue, type MatchKey } from './fields.js';
 import type { ListService, LoadedList } from './list-service.js';
 import { ohashes } from './ohash.js';
-import { LIST_OBJECT, decodeRecord, encodeRecord, indexValue, lookupKey, normaliseForMatch, openProtected, sealProtected } from './record-codec.js';
+import { LIST_OBJECT, decodeRecord, indexValue, type EncodedRecord, lookupKey, normaliseForMatch, openProtected, sealProtected } from './record-codec.js';
 import { redact } from './redaction.js';
 import { RecordKeys, rekeyed, type FoldPolicy, type KeyColumn, type KeyedRecord } from './record-keys.js';
 import { csvHeader, type ExportPage, type ExportShape } from './export-format.js';
-import { DataWorkers } from './data-workers.js';
+import { DataWorkers, ENCODE_SLICE, encodeRecords } from './data-workers.js';
 import { MultiRowInsert } from '../storage/multi-row-insert.js';
 import { chunks } from '../core/chunks.js';
 
@@ -109,7 +109,7 @@ interface Item {
   mode: 'merge' | 'replace';
   presetHashes?: { sha256?: string; md5?: string } | undefined;
   /** A new record already encoded outside the write transaction (by {@link RecordService.merge}). */
-  encoded?: ReturnType<typeof encodeRecord> | undefined;
+  encoded?: EncodedRecord | undefined;
 }
 
 /** The lines of a merge batch that name one record, with their combined values. */
@@ -120,7 +120,7 @@ interface Group {
   /** The match key's value as given (the key its targets are looked up by). */
   match: unknown;
   presetHashes?: { sha256?: string; md5?: string };
-  encoded?: ReturnType<typeof encodeRecord>;
+  encoded?: EncodedRecord;
 }
 
 /**
@@ -260,7 +260,7 @@ export class RecordService {
 
     // The record after the write: a merge keeps the stored values of the fields it does not name
     // (and the oHashes of a record that has no email); a replace keeps nothing.
-    const rows = items.map((item) => {
+    const after = items.map((item) => {
       let values = item.values;
       let hashes = item.presetHashes;
       if (item.target && item.mode === 'merge') {
@@ -278,9 +278,22 @@ export class RecordService {
         const v = values.get(f.name);
         if (v === null || v === undefined) errors.push(lineError(item.line, 'is required', f.name));
       }
-      if (item.encoded) return { ...item.encoded, item };
-      return { ...encodeRecord(keys, list.fields, listKey, item.target?.id ?? newId(now), values, { created: item.target?.created_at ?? now, updated: now }, hashes), item };
+      // (A stored record's creation time is not written again: the UPDATE leaves it.)
+      return { item, input: { id: item.target?.id ?? newId(now), values, presetHashes: hashes } };
     });
+    // Records not encoded ahead of the transaction (updates, mostly): a large batch of them on the data workers.
+    const pending = after.filter((a) => !a.item.encoded);
+    const job = { fields: list.fields, listKey, times: { created: now, updated: now }, records: pending.map((a) => a.input) };
+    const encoded = new Map<(typeof after)[number], EncodedRecord>();
+    if (pending.length >= ENCODE_SLICE) {
+      try {
+        const out = await this.#workers.encode(keys, job);
+        pending.forEach((a, i) => encoded.set(a, out[i]!));
+      } catch (err) {
+        this.#log?.warn({ err, tenantId }, 'records could not be encoded on the data workers; encoding them here');
+      }
+    }
+    const rows = after.map((a) => ({ ...(a.item.encoded ?? encoded.get(a) ?? encodeRecords(keys, { ...job, records: [a.input] })[0]!), item: a.item }));
 
     const claims = new Map<string, { id: string; line: number }>();
     const claim = (kind: string, key: string, id: string, line: number, field: string) => {

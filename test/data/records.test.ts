@@ -115,6 +115,15 @@ describeEachStorage('lists and records', (kind) => {
         expect(byMobile.json().records.map((r: { id: string }) => r.id), how).toEqual([result.ids[3999]]);
         const byEmail = await svc.merge(auth, t.tenantId, l, [{ EMAIL_ADDRESS_: 'SLICE7@slice.example', FIRST_NAME: 'Seven' }], { matchKey: 'EMAIL_ADDRESS_' });
         expect(byEmail, how).toMatchObject({ inserted: 0, updated: 1, ids: [result.ids[7]] });
+        // Updating them all (encrypted in the write, on the same threads): named fields change, the others and the creation time stay.
+        const before = (await api('GET', `/lists/${l}/records/${result.ids[1234]}`, director.headers)).json();
+        const updates = Array.from({ length: n }, (_, i) => ({ CUSTOMER_ID_: `S${i}`, FIRST_NAME: `Renamed ${i}` }));
+        expect(await svc.merge(auth, t.tenantId, l, updates, { matchKey: 'CUSTOMER_ID_' }), how).toMatchObject({ inserted: 0, updated: n });
+        const updated = (await api('GET', `/lists/${l}/records/${result.ids[1234]}`, director.headers)).json();
+        expect(updated.fields, how).toMatchObject({ EMAIL_ADDRESS_: 'slice1234@slice.example', MOBILE_NUMBER_: '+1 555 0001234', CUSTOMER_ID_: 'S1234', FIRST_NAME: 'Renamed 1234' });
+        expect(updated.createdAt, how).toBe(before.createdAt);
+        const stillByMobile = await api('GET', `/lists/${l}/records?filter=${encodeURIComponent('MOBILE_NUMBER_:+1 555 0003999')}`, director.headers);
+        expect(stillByMobile.json().records.map((r: { id: string; fields: { FIRST_NAME: string } }) => [r.id, r.fields.FIRST_NAME]), how).toEqual([[result.ids[3999], 'Renamed 3999']]);
       }
     });
 
