@@ -382,12 +382,34 @@ export class RecordService {
     await this.#recordInsert.run(db, params);
   }
 
+  /** The stored records a merge's match values name, whole (the write transaction's authoritative look-up). */
   async #targets(db: Kysely<TenantDB>, keys: ObjectKeys, listKey: number, matchKey: MatchKey, matches: unknown[]): Promise<Map<string, Row>> {
+    return this.#matching(db, keys, listKey, matchKey, matches, (q) => q.selectAll());
+  }
+
+  /**
+   * The match values that name stored records, reading only the match key's column (a merge's first phase, which
+   * only needs to know which records exist; by customer id the index alone answers). Whole rows cost a re-import
+   * ~8 µs per record more.
+   */
+  async #existing(db: Kysely<TenantDB>, keys: ObjectKeys, listKey: number, matchKey: MatchKey, matches: unknown[]): Promise<Set<string>> {
+    const column = matchKey === CUSTOMER_ID ? 'customer_id' : matchKey === EMAIL ? 'email_bi' : matchKey === SHA256 ? 'email_sha256' : 'email_md5';
+    return new Set((await this.#matching(db, keys, listKey, matchKey, matches, (q) => q.select(column))).keys());
+  }
+
+  async #matching<R extends Partial<Pick<Row, 'customer_id' | 'email_bi' | 'email_sha256' | 'email_md5'>>>(
+    db: Kysely<TenantDB>,
+    keys: ObjectKeys,
+    listKey: number,
+    matchKey: MatchKey,
+    matches: unknown[],
+    columns: (q: SelectQueryBuilder<TenantDB, 'records', object>) => SelectQueryBuilder<TenantDB, 'records', R>,
+  ): Promise<Map<string, R>> {
     const keyOf = (raw: unknown) => matchValue(keys, matchKey, raw);
-    const out = new Map<string, Row>();
+    const out = new Map<string, R>();
     if (matchKey === CUSTOMER_ID) {
       for (const part of chunks([...new Set(matches.map(keyOf))], CHUNK)) {
-        for (const row of await db.selectFrom('records').selectAll().where('list_key', '=', listKey).where('customer_id', 'in', part).execute()) out.set(row.customer_id!, row);
+        for (const row of await columns(db.selectFrom('records')).where('list_key', '=', listKey).where('customer_id', 'in', part).execute()) out.set(row.customer_id!, row);
       }
       return out;
     }
@@ -398,9 +420,10 @@ export class RecordService {
     });
     const column = matchKey === MD5 ? 'k_md5' : 'k_sha256';
     for (const part of chunks([...new Set(lookups)], CHUNK)) {
-      for (const row of await this.#recordKeys.whereKey(db.selectFrom('records').selectAll().where('list_key', '=', listKey), db, listKey, column, part).execute()) {
-        const k = matchKey === EMAIL ? row.email_bi?.toString('base64') : matchKey === SHA256 ? row.email_sha256 : row.email_md5;
-        if (k && !out.has(k)) out.set(k, row);
+      for (const row of await this.#recordKeys.whereKey(columns(db.selectFrom('records')).where('list_key', '=', listKey), db, listKey, column, part).execute()) {
+        const r = row as R;
+        const k = matchKey === EMAIL ? r.email_bi?.toString('base64') : matchKey === SHA256 ? r.email_sha256 : r.email_md5;
+        if (k && !out.has(k)) out.set(k, r);
       }
     }
     return out;
@@ -432,7 +455,7 @@ export class RecordService {
       const list = await this.#lists.load(db, auth, listId, 'lists.write', { cached: true });
       const keys = await this.#keys.objectKeysForRead(db, tenantId, LIST_OBJECT, list.row.id);
       const groups = this.#group(list, keys, records, first, opts.matchKey);
-      const targets = await this.#targets(db, keys, list.row.key, opts.matchKey, groups.map((g) => g.match));
+      const targets = await this.#existing(db, keys, list.row.key, opts.matchKey, groups.map((g) => g.match));
       return { list, keys, groups, targets };
     });
     if (insertNew) {
