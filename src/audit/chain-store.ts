@@ -90,16 +90,11 @@ export class ChainStore {
   constructor(adapter: StorageAdapter, tables: ChainTableNames) {
     this.tables = tables;
     this.#postgres = adapter.kind === 'postgres';
-    this.#insert = new MultiRowInsert(tables.events, EVENT_COLUMNS, INSERT_SIZES, adapter.kind);
-    this.#headSql = `UPDATE ${tables.head} SET seq = seq + ${this.#param(1)} WHERE id = 1 RETURNING seq, hash`;
-    this.#headSetSql = `UPDATE ${tables.head} SET hash = ${this.#param(1)}, updated_at = ${this.#param(2)} WHERE id = 1`;
-    this.#headClaimSql = `UPDATE ${tables.head} SET seq = ${this.#param(1)}, hash = ${this.#param(2)}, updated_at = ${this.#param(3)} WHERE id = 1 AND seq = ${this.#param(4)} AND hash = ${this.#param(5)}`;
+    this.#insert = new MultiRowInsert(tables.events, EVENT_COLUMNS, INSERT_SIZES, adapter);
+    this.#headSql = `UPDATE ${tables.head} SET seq = seq + ${adapter.param(1)} WHERE id = 1 RETURNING seq, hash`;
+    this.#headSetSql = `UPDATE ${tables.head} SET hash = ${adapter.param(1)}, updated_at = ${adapter.param(2)} WHERE id = 1`;
+    this.#headClaimSql = `UPDATE ${tables.head} SET seq = ${adapter.param(1)}, hash = ${adapter.param(2)}, updated_at = ${adapter.param(3)} WHERE id = 1 AND seq = ${adapter.param(4)} AND hash = ${adapter.param(5)}`;
   }
-
-  #param(i: number): string {
-    return this.#postgres ? `$${i}` : '?';
-  }
-
 
   /**
    * Appends events at the head of the chain inside the caller's transaction.

@@ -6,14 +6,14 @@ import { renderExportPage, type ExportPage, type ExportShape } from './export-fo
 import type { FieldDef } from './fields.js';
 import { encodeRecord, type EncodedRecord } from './record-codec.js';
 
-/** A new record to encode: its id and checked values (see `encodeRecord`). */
+/** A record to encode: its id and its checked values after the write (see `encodeRecord`). */
 export interface EncodeInput {
   id: string;
   values: ReadonlyMap<string, unknown>;
   presetHashes?: { sha256?: string; md5?: string } | undefined;
 }
 
-/** What is encoded: new records of one list, all with the same times. */
+/** What is encoded: records of one list, written at the same time. */
 export interface EncodeJob {
   fields: readonly FieldDef[];
   listKey: number;

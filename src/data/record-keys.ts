@@ -60,7 +60,7 @@ export class RecordKeys {
   constructor(adapter: StorageAdapter, fold: FoldPolicy = DEFAULT_FOLD) {
     this.tables = adapter.kind === 'sqlite';
     this.#fold = fold;
-    const insert = (table: string) => new MultiRowInsert(table, ['list_key', 'k', 'seq'], INSERT_SIZES, adapter.kind);
+    const insert = (table: string) => new MultiRowInsert(table, ['list_key', 'k', 'seq'], INSERT_SIZES, adapter);
     this.#inserts = { k_sha256: insert(RECENT_KEY_TABLES.k_sha256), k_md5: insert(RECENT_KEY_TABLES.k_md5), k_mobile: insert(RECENT_KEY_TABLES.k_mobile) };
   }
 
@@ -93,11 +93,12 @@ export class RecordKeys {
   /**
    * Adds the key entries of records just inserted or re-keyed (SQLite) to
    * the recent tables, each table's in key order, and counts them towards
-   * the next fold (see {@link foldDue}). The caller holds the write
-   * transaction.
+   * the next fold. The caller holds the write transaction; answers whether
+   * a recent table is now due for {@link foldDue}, after the commit.
    */
-  async add(db: Kysely<TenantDB>, listKey: number, records: readonly KeyedRecord[]): Promise<void> {
-    if (!this.tables || records.length === 0) return;
+  async add(db: Kysely<TenantDB>, listKey: number, records: readonly KeyedRecord[]): Promise<boolean> {
+    let due = false;
+    if (!this.tables || records.length === 0) return due;
     for (const column of KEY_COLUMNS) {
       const entries = records
         .filter((r) => r[column] !== null)
@@ -105,12 +106,19 @@ export class RecordKeys {
         .sort((a, b) => a[0] - b[0] || a[1] - b[1]);
       if (entries.length === 0) continue;
       await this.#inserts[column].run(db, entries.flatMap(([k, seq]) => [listKey, k, seq]));
-      await db
+      const state = await db
         .updateTable(RECORD_KEYS_STATE)
         .set((eb) => ({ added: eb('added', '+', entries.length) }))
         .where('tbl', '=', RECORD_KEY_TABLES[column])
-        .execute();
+        .returning(['folded', 'added'])
+        .executeTakeFirstOrThrow();
+      due ||= this.#due(state);
     }
+    return due;
+  }
+
+  #due(state: { folded: number; added: number }): boolean {
+    return state.added >= Math.max(this.#fold.min, state.folded / this.#fold.ratio);
   }
 
   /**
@@ -124,7 +132,7 @@ export class RecordKeys {
     const states = await store.read((db) => db.selectFrom(RECORD_KEYS_STATE).selectAll().execute());
     for (const column of KEY_COLUMNS) {
       const state = states.find((st) => st.tbl === RECORD_KEY_TABLES[column]);
-      if (!state || state.added < Math.max(this.#fold.min, state.folded / this.#fold.ratio)) continue;
+      if (!state || !this.#due(state)) continue;
       while (!(await store.transaction((db) => this.foldStep(db, column, this.#fold.step))));
     }
   }

@@ -16,11 +16,11 @@ import type { RecordsTable } from './data-tables.js';
 import { CUSTOMER_ID, EMAIL, MATCH_KEYS, MD5, MOBILE, SHA256, checkValue, type MatchKey } from './fields.js';
 import type { ListService, LoadedList } from './list-service.js';
 import { ohashes } from './ohash.js';
-import { LIST_OBJECT, decodeRecord, indexValue, type EncodedRecord, lookupKey, normaliseForMatch, openProtected, sealProtected } from './record-codec.js';
+import { LIST_OBJECT, decodeRecord, encodeRecord, indexValue, type EncodedRecord, lookupKey, normaliseForMatch, openProtected, sealProtected } from './record-codec.js';
 import { redact } from './redaction.js';
 import { RecordKeys, rekeyed, type FoldPolicy, type KeyColumn, type KeyedRecord } from './record-keys.js';
 import { csvHeader, type ExportPage, type ExportShape } from './export-format.js';
-import { DataWorkers, ENCODE_SLICE, encodeRecords } from './data-workers.js';
+import { DataWorkers, ENCODE_SLICE } from './data-workers.js';
 import { MultiRowInsert } from '../storage/multi-row-insert.js';
 import { chunks } from '../core/chunks.js';
 
@@ -158,9 +158,9 @@ export class RecordService {
     this.#adapter = deps.storage.adapter;
     this.#recordKeys = new RecordKeys(deps.storage.adapter, deps.keyFold);
     this.#recordColumns = this.#recordKeys.tables ? [...RECORD_COLUMNS, 'seq'] : RECORD_COLUMNS;
-    this.#recordInsert = new MultiRowInsert('records', this.#recordColumns, RECORD_INSERT_SIZES, deps.storage.adapter.kind);
+    this.#recordInsert = new MultiRowInsert('records', this.#recordColumns, RECORD_INSERT_SIZES, deps.storage.adapter);
     let n = 0;
-    const param = () => (deps.storage.adapter.kind === 'postgres' ? `$${++n}` : '?');
+    const param = () => deps.storage.adapter.param(++n);
     this.#recordUpdate = `UPDATE records SET ${UPDATED_COLUMNS.map((c) => `${c} = ${param()}`).join(', ')} WHERE list_key = ${param()} AND id = ${param()}`;
   }
 
@@ -253,7 +253,7 @@ export class RecordService {
    * Everything is checked before anything is written, so a failure leaves
    * the batch unapplied (and the caller's transaction rolls back anyway).
    */
-  async #write(db: Kysely<TenantDB>, tenantId: string, list: LoadedList, keys: ObjectKeys, items: Item[]): Promise<string[]> {
+  async #write(db: Kysely<TenantDB>, tenantId: string, list: LoadedList, keys: ObjectKeys, items: Item[]): Promise<{ ids: string[]; foldDue: boolean }> {
     const listKey = list.row.key;
     const now = this.#clock.now();
     const errors: LineError[] = [];
@@ -293,7 +293,7 @@ export class RecordService {
         this.#log?.warn({ err, tenantId }, 'records could not be encoded on the data workers; encoding them here');
       }
     }
-    const rows = after.map((a) => ({ ...(a.item.encoded ?? encoded.get(a) ?? encodeRecords(keys, { ...job, records: [a.input] })[0]!), item: a.item }));
+    const rows = after.map((a) => ({ ...(a.item.encoded ?? encoded.get(a) ?? encodeRecord(keys, list.fields, listKey, a.input.id, a.input.values, job.times, a.input.presetHashes)), item: a.item }));
 
     const claims = new Map<string, { id: string; line: number }>();
     const claim = (kind: string, key: string, id: string, line: number, field: string) => {
@@ -348,7 +348,7 @@ export class RecordService {
     const firstSeq = recordKeys.tables && inserts.length > 0 ? await recordKeys.nextSeq(db, listKey) : 0;
     const inserted = inserts.map((r, i) => (recordKeys.tables ? { ...r.row, seq: firstSeq + i } : r.row));
     await this.#insertRecords(db, inserted);
-    if (recordKeys.tables) await recordKeys.add(db, listKey, inserted.map(keyedRecord));
+    let foldDue = recordKeys.tables && (await recordKeys.add(db, listKey, inserted.map(keyedRecord)));
     const rekeys = { remove: [] as KeyedRecord[], add: [] as KeyedRecord[] };
     for (const r of rows.filter((x) => x.item.target !== null)) {
       await db.executeQuery(CompiledQuery.raw(this.#recordUpdate, [...UPDATED_COLUMNS.map((c) => r.row[c] ?? null), listKey, r.row.id]));
@@ -360,13 +360,13 @@ export class RecordService {
       }
     }
     await recordKeys.remove(db, listKey, rekeys.remove);
-    await recordKeys.add(db, listKey, rekeys.add);
+    foldDue = (await recordKeys.add(db, listKey, rekeys.add)) || foldDue;
     // Updated records: their index rows are rebuilt from the whole record after the write.
     const updatedIds = rows.filter((x) => x.item.target !== null).map((r) => r.row.id);
     for (const part of chunks(updatedIds, CHUNK)) await db.deleteFrom('record_index').where('list_key', '=', listKey).where('record_id', 'in', part).execute();
     const indexRows = rows.flatMap((r) => r.index.map((ix) => ({ list_key: listKey, field: ix.field, value: ix.value, record_id: r.row.id })));
     for (const part of chunks(indexRows, 500)) await db.insertInto('record_index').values(part).execute();
-    return rows.map((r) => r.row.id);
+    return { ids: rows.map((r) => r.row.id), foldDue };
   }
 
   /** New records' columns, in order: the insert's, and the order their values are flattened in. */
@@ -493,7 +493,7 @@ export class RecordService {
         items.push(item);
         for (const line of g.lines) itemOf[line - first] = item;
       }
-      const written = await this.#write(db, tenantId, list, keys, items);
+      const { ids: written, foldDue } = await this.#write(db, tenantId, list, keys, items);
       const idOf = new Map(items.map((item, i) => [item, written[i]!]));
       for (let i = 0; i < itemOf.length; i++) {
         const item = itemOf[i];
@@ -508,10 +508,10 @@ export class RecordService {
         resource: { type: 'list', id: listId, name: list.row.name },
         details: { matchKey: opts.matchKey, received: records.length, inserted, updated, skipped },
       });
-      return { inserted, updated, skipped, ids };
-    }).then(async (result) => {
+      return { result: { inserted, updated, skipped, ids }, foldDue };
+    }).then(async ({ result, foldDue }) => {
       this.#afterBulkInsert(tenantId, result.inserted);
-      await this.#foldKeys(tenantId);
+      if (foldDue) await this.#foldKeys(tenantId);
       return result;
     });
   }
@@ -595,19 +595,19 @@ export class RecordService {
   }
 
   async create(auth: AuthContext, tenantId: string, listId: string, input: unknown): Promise<RecordView> {
-    const view = await this.#storage.tenant(tenantId).transaction(async (db) => {
+    const { view, foldDue } = await this.#storage.tenant(tenantId).transaction(async (db) => {
       await this.#lists.lockForWrite(db, listId);
       const list = await this.#lists.load(db, auth, listId, 'lists.write');
       const keys = await this.#keysOf(db, tenantId, listId);
       const errors: LineError[] = [];
       const values = this.#check(list, input, 1, errors, {});
       if (!values) throw batchError(errors);
-      const [id] = await this.#write(db, tenantId, list, keys, [{ line: 1, target: null, values, mode: 'replace' }]);
+      const { ids: [id], foldDue } = await this.#write(db, tenantId, list, keys, [{ line: 1, target: null, values, mode: 'replace' }]);
       const row = await db.selectFrom('records').selectAll().where('list_key', '=', list.row.key).where('id', '=', id!).executeTakeFirstOrThrow();
       await this.#audit.append(db, tenantId, { type: 'records.create', outcome: 'success', actor: auth, resource: { type: 'record', id: id!, name: list.row.name } });
-      return this.#render(auth, list, row, decodeRecord(keys, list.fields, row));
+      return { view: this.#render(auth, list, row, decodeRecord(keys, list.fields, row)), foldDue };
     });
-    await this.#foldKeys(tenantId);
+    if (foldDue) await this.#foldKeys(tenantId);
     return view;
   }
 
@@ -656,7 +656,7 @@ export class RecordService {
   }
 
   async update(auth: AuthContext, tenantId: string, listId: string, recordId: string, input: unknown, mode: 'merge' | 'replace' = 'merge'): Promise<RecordView> {
-    const view = await this.#storage.tenant(tenantId).transaction(async (db) => {
+    const { view, foldDue } = await this.#storage.tenant(tenantId).transaction(async (db) => {
       await this.#lists.lockForWrite(db, listId);
       const list = await this.#lists.load(db, auth, listId, 'lists.write');
       const target = await this.#row(db, list.row.key, recordId);
@@ -664,12 +664,12 @@ export class RecordService {
       const errors: LineError[] = [];
       const values = this.#check(list, input, 1, errors, {});
       if (!values) throw batchError(errors);
-      await this.#write(db, tenantId, list, keys, [{ line: 1, target, values, mode }]);
+      const { foldDue } = await this.#write(db, tenantId, list, keys, [{ line: 1, target, values, mode }]);
       const row = await this.#row(db, list.row.key, recordId);
       await this.#audit.append(db, tenantId, { type: 'records.update', outcome: 'success', actor: auth, resource: { type: 'record', id: recordId, name: list.row.name }, details: { fields: [...values.keys()] } });
-      return this.#render(auth, list, row, decodeRecord(keys, list.fields, row));
+      return { view: this.#render(auth, list, row, decodeRecord(keys, list.fields, row)), foldDue };
     });
-    await this.#foldKeys(tenantId);
+    if (foldDue) await this.#foldKeys(tenantId);
     return view;
   }
 

@@ -22,6 +22,8 @@ export interface StorageAdapter {
    * a backing store of its own (~2 µs a row), a string lives on the JavaScript heap.
    */
   blobHex(column: string): string;
+  /** The `i`-th (from 1) parameter placeholder of SQL text written by hand (`?` / `$i`). */
+  param(i: number): string;
 }
 
 const SAFE = /^[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63})?$/;
@@ -40,6 +42,7 @@ export const sqliteAdapter: StorageAdapter = Object.freeze({
   jsonArrayAgg: (column: string) => `json_group_array(${safe(column)})`,
   // hex(NULL) is '' in SQLite: kept null, as PostgreSQL's encode gives it.
   blobHex: (column: string) => `(case when ${safe(column)} is null then null else hex(${safe(column)}) end)`,
+  param: () => '?',
 });
 
 export const postgresAdapter: StorageAdapter = Object.freeze({
@@ -51,4 +54,5 @@ export const postgresAdapter: StorageAdapter = Object.freeze({
   jsonMemberParam: (value: string | number | boolean) => (typeof value === 'string' ? value : JSON.stringify(value)),
   jsonArrayAgg: (column: string) => `json_agg(${safe(column)})`,
   blobHex: (column: string) => `encode(${safe(column)}, 'hex')`,
+  param: (i: number) => `$${i}`,
 });

@@ -1,4 +1,5 @@
 import { CompiledQuery, type Kysely } from 'kysely';
+import type { StorageAdapter } from './adapter.js';
 import type { ControlDB, TenantDB } from './schema.js';
 
 /**
@@ -12,16 +13,16 @@ export class MultiRowInsert {
   readonly #table: string;
   readonly #columns: readonly string[];
   readonly #sizes: readonly number[];
-  readonly #postgres: boolean;
+  readonly #adapter: Pick<StorageAdapter, 'param'>;
   readonly #sql = new Map<number, string>();
 
   /** `table` and `columns` are trusted identifiers (constants of the code), never input. */
-  constructor(table: string, columns: readonly string[], sizes: readonly number[], engine: 'sqlite' | 'postgres') {
+  constructor(table: string, columns: readonly string[], sizes: readonly number[], adapter: Pick<StorageAdapter, 'param'>) {
     if (sizes.at(-1) !== 1 || sizes.some((s, i) => i > 0 && s >= sizes[i - 1]!)) throw new TypeError('sizes must decrease and end at 1');
     this.#table = table;
     this.#columns = columns;
     this.#sizes = sizes;
-    this.#postgres = engine === 'postgres';
+    this.#adapter = adapter;
   }
 
   /** Inserts the rows whose values `params` holds, one per column and row, row after row. */
@@ -41,7 +42,7 @@ export class MultiRowInsert {
     let text = this.#sql.get(rows);
     if (text === undefined) {
       let n = 0;
-      const tuple = () => `(${this.#columns.map(() => (this.#postgres ? `$${++n}` : '?')).join(', ')})`;
+      const tuple = () => `(${this.#columns.map(() => this.#adapter.param(++n)).join(', ')})`;
       text = `INSERT INTO ${this.#table} (${this.#columns.join(', ')}) VALUES ${Array.from({ length: rows }, tuple).join(', ')}`;
       this.#sql.set(rows, text);
     }
