@@ -8,6 +8,9 @@
 // Baseline: CONCURRENCY concurrent loops of bare `verify()` from @node-rs/argon2 against a hash made with
 // ARGON2ID_OWASP (m=19456 KiB, t=2, p=1), in the server's process, so on the same libuv thread pool.
 // Rounds alternate workload and baseline; medians of ROUNDS. Target: logins >= 85 % of bare verifications.
+// Also, for reference (no target): the same load against a bare Fastify HTTPS route in this process that does only
+// the verification and answers a token — what HTTPS, the load generator and the scheduling of the two cores leave
+// of the hash rate before any of Custos's own work (the ceiling a sign-in can reach on this machine).
 //
 // argon2 runs on libuv's thread pool: UV_THREADPOOL_SIZE is set to the number of cores (each verification is
 // single-threaded and memory-bound, so more threads than cores only adds contention); CONCURRENCY is four times
@@ -29,6 +32,8 @@ if (!process.env.UV_THREADPOOL_SIZE) {
 
 const { verify, hash: argon2Hash } = await import('@node-rs/argon2');
 const { readFileSync } = await import('node:fs');
+const { randomBytes } = await import('node:crypto');
+const { default: Fastify } = await import('fastify');
 const { ARGON2ID_OWASP, hashPassword } = await import('../dist/crypto/password-hash.js');
 const { httpDeployment, load, median, postgresReachable } = await import('./http-deployment.js');
 const { machine, report } = await import('./lib.js');
@@ -113,13 +118,26 @@ for (const kind of kinds) {
   const d = await httpDeployment(kind, { apiUsers: CONCURRENCY });
   const hash = await hashPassword(d.password);
   const requests = d.users.map((u) => ({ method: 'POST', path: '/api/v1/auth/token', body: { tenant: d.tenant.name, username: u.username, password: d.password } }));
-  const rates = { login: [], bare: [] };
+  const rates = { login: [], bare: [], route: [] };
+  // The reference route: one verification and a token, nothing else, over the same HTTPS and certificate.
+  const route = Fastify({ https: { cert: readFileSync(d.certFile), key: readFileSync(d.keyFile) } });
+  route.post('/token', async (req) => {
+    if (!(await verify(hash, req.body.password))) throw new Error('verification failed');
+    return { token: randomBytes(32).toString('base64url'), expiresAt: new Date(Date.now() + 3_600_000).toISOString() };
+  });
+  await route.listen({ host: '127.0.0.1', port: 0 });
+  const routeUrl = `https://localhost:${route.server.address().port}`;
+  const routeRequests = [{ method: 'POST', path: '/token', body: { password: d.password } }];
   for (let round = 0; round < ROUNDS; round++) {
     const r = await load({ url: d.server.url, ca: d.certFile, concurrency: CONCURRENCY, warmupMs: WARMUP_MS, durationMs: DURATION_MS, requests });
     if (r.errors > 0 || Object.keys(r.statuses).some((s) => s !== '200')) throw new Error(`unexpected answers: ${JSON.stringify(r)}`);
     rates.login.push(r.rate);
     rates.bare.push(await bareVerifications(hash, d.password, DURATION_MS));
+    const rr = await load({ url: routeUrl, ca: d.certFile, concurrency: CONCURRENCY, warmupMs: WARMUP_MS, durationMs: DURATION_MS, requests: routeRequests });
+    if (rr.errors > 0 || Object.keys(rr.statuses).some((st) => st !== '200')) throw new Error(`unexpected answers from the reference route: ${JSON.stringify(rr)}`);
+    rates.route.push(rr.rate);
   }
+  await route.close();
   // Where the rest goes: the same sign-ins against a cheap hash (argon2id m=256 KiB, t=1, ~0.3 ms), so that the
   // CPU of everything but hashing shows — this process (the server) and the whole machine (which includes the
   // load generator and, on PostgreSQL, the database server), per sign-in, from process.cpuUsage and /proc/stat.
@@ -128,7 +146,8 @@ for (const kind of kinds) {
   const issued = (await d.rt.audit.query(d.tenant.id, { limit: 1, types: ['auth.token.issue'] })).events.length;
   if (issued === 0) throw new Error('no token was recorded as issued');
   const ratio = report(`[${kind}] password logins (POST /api/v1/auth/token, HTTPS)`, median(rates.login), 'bare argon2id verifications', median(rates.bare), TARGET);
-  console.log(`  rounds: logins ${rates.login.map((x) => x.toFixed(1)).join(', ')}; bare ${rates.bare.map((x) => x.toFixed(1)).join(', ')}`);
+  report(`  [${kind}] reference: bare HTTPS route that only verifies and answers a token`, median(rates.route), 'bare argon2id verifications', median(rates.bare));
+  console.log(`  rounds: logins ${rates.login.map((x) => x.toFixed(1)).join(', ')}; bare ${rates.bare.map((x) => x.toFixed(1)).join(', ')}; reference route ${rates.route.map((x) => x.toFixed(1)).join(', ')}`);
   allMet &&= ratio >= TARGET;
   await d.close();
 }
