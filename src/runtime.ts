@@ -94,7 +94,7 @@ export async function openRuntime(config: Config, opts: OpenRuntimeOptions): Pro
     const audit = await AuditService.open({ storage, clock, masterKey: () => masterKey, logger: opts.logger, config });
     const keys = new KeyService({ storage, clock, masterKey });
     const secrets = new TenantSecrets({ keys, clock });
-    const encryptedSources: EncryptedSource[] = [TenantSecrets.source, RecordService.source()];
+    const encryptedSources: EncryptedSource[] = [TenantSecrets.source, RecordService.source(storage.adapter)];
     const mail = new MailService({ storage, clock, logger: opts.logger, smtpUrl: config.smtpUrl, mailFrom: config.mailFrom });
     const webhooks = new WebhookService({ storage, clock, secrets, logger: opts.logger });
     const alerts = new AlertService({ storage, clock, audit, mail, webhooks });

@@ -859,7 +859,8 @@ export class RecordService {
   }
 
   /** The re-encryption job's view of records: every protected value, list by list. */
-  static source(): EncryptedSource {
+  static source(adapter: StorageAdapter): EncryptedSource {
+    const resealed = new MultiRowUpdate({ table: 'records', scope: 'list_key', key: 'id', columns: ['protected'], types: { id: 'text', protected: adapter.blobType } }, RECORD_UPDATE_SIZES, adapter);
     return {
       name: 'records',
       async count(db) {
@@ -877,15 +878,19 @@ export class RecordService {
           .limit(limit)
           .execute();
         if (rows.length === 0) return { visited: 0, changed: 0, cursor: null };
-        let changed = 0;
+        // Sealed again under the active generation, then written list by list, hundreds of records per statement.
+        const byList = new Map<number, unknown[][]>();
         for (const r of rows) {
           if (r.protected === null) continue;
           const keys = await keysFor(LIST_OBJECT, r.list_id);
           if (ciphertextGeneration(r.protected) === keys.active.generation) continue;
           const sealed = sealProtected(keys, r.id, openProtected(keys, r.id, r.protected));
-          await db.updateTable('records').set({ protected: sealed }).where('list_key', '=', r.list_key).where('id', '=', r.id).execute();
-          changed++;
+          const list = byList.get(r.list_key) ?? [];
+          list.push([r.id, sealed]);
+          byList.set(r.list_key, list);
         }
+        let changed = 0;
+        for (const [listKey, sealed] of byList) changed += await resealed.run(db, listKey, sealed);
         const last = rows.at(-1)!;
         return { visited: rows.length, changed, cursor: rows.length < limit ? null : `${last.list_key}/${last.id}` };
       },

@@ -6,6 +6,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/core/clock.js';
 import { newId } from '../../src/core/ids.js';
+import { ciphertextGeneration } from '../../src/crypto/field-cipher.js';
 import { ohashes } from '../../src/data/ohash.js';
 import { LIST_OBJECT, openProtected } from '../../src/data/record-codec.js';
 import { DataWorkers, ENCODE_SLICE } from '../../src/data/data-workers.js';
@@ -452,6 +453,13 @@ describeEachStorage('lists and records', (kind) => {
       expect((await api('GET', `/lists/${listId}/records?filter=CUSTOMER_ID_:C-1`, director.headers)).json().records[0].fields.EMAIL_ADDRESS_).toBe(JANE);
       const report = await keyOperations.reencrypt(rt, t.tenantId, TEST_OPERATOR, { batchSize: 1000 });
       expect(report.changed).toBeGreaterThan(5000);
+      // Every record's sealed values were written back under the list's active generation (each pass starts a new one).
+      const { sealed, active } = await rt.storage.tenant(t.tenantId).read(async (db) => ({
+        sealed: await db.selectFrom('records').select('protected').where('protected', 'is not', null).execute(),
+        active: Math.max(...(await db.selectFrom('data_keys').select('generation').where('object_type', '=', LIST_OBJECT).where('object_id', '=', listId).execute()).map((k) => Number(k.generation))),
+      }));
+      expect(sealed.length).toBeGreaterThan(5000);
+      expect(new Set(sealed.map((r) => ciphertextGeneration(Buffer.from(r.protected!))))).toEqual(new Set([active]));
       const jane = (await api('GET', `/lists/${listId}/records?filter=${encodeURIComponent(`EMAIL_ADDRESS_:${JANE}`)}`, director.headers)).json().records[0];
       expect(jane.fields).toMatchObject({ EMAIL_ADDRESS_: JANE, FIRST_NAME: 'Jane', SSN: '123-45-6789' });
     });
