@@ -1,6 +1,8 @@
 // Import client for bench/records.bench.js, in its own process: sends N generated records to the merge
 // API in batches of 10,000 (one request at a time, as `custos records import` does, or `inflight` at a time) and prints
 // { records, seconds, rate }. Usage: node bench/import-client.js '<json {url, ca, token, listId, records, offset}>'
+// With `suffix`, the records' FIRST_NAME and CITY carry it (a re-import that changes stored records), and every
+// batch must answer that it updated each of its records.
 import { readFileSync } from 'node:fs';
 import { Pool } from 'undici';
 
@@ -11,9 +13,9 @@ const BATCH = 10000;
 const record = (i) => ({
   EMAIL_ADDRESS_: `person${i}@example.org`,
   MOBILE_NUMBER_: `+1 555 ${String(i).padStart(7, '0')}`,
-  FIRST_NAME: `Name${i}`,
+  FIRST_NAME: `Name${i}${o.suffix ?? ''}`,
   CUSTOMER_ID_: `C${i}`,
-  CITY: ['Paris', 'Lyon', 'Nice', 'Lille'][i % 4],
+  CITY: `${['Paris', 'Lyon', 'Nice', 'Lille'][i % 4]}${o.suffix ?? ''}`,
   SCORE: i % 1000,
 });
 // o.inflight (default 1, as `custos records import` does) requests at a time; the bench's batches never name
@@ -30,6 +32,10 @@ async function send(from, to) {
   });
   const text = await res.body.text();
   if (res.statusCode !== 200) throw new Error(`merge failed: ${res.statusCode} ${text.slice(0, 300)}`);
+  if (o.suffix !== undefined) {
+    const r = JSON.parse(text);
+    if (r.updated !== to - from) throw new Error(`a re-import batch updated ${r.updated} of ${to - from} records: ${text.slice(0, 300)}`);
+  }
 }
 const start = performance.now();
 let next = o.offset;

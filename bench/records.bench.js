@@ -9,6 +9,7 @@
 //     target >= 50,000 records/s (on SQLite); on PostgreSQL the baselines are the same rows through `pg`, multi-row
 //     inserts of 200, 10,000 per transaction, into a primary-key-only table and into a copy of the tenant's records
 //     table (`LIKE … INCLUDING ALL`: the same columns, keys and indexes);
+//     then, for reference, a re-import of the first 100,000 records that changes two fields of each (updates);
 //  2. single-record GET with a bearer token at 64 concurrent connections — baseline: a bare Fastify HTTPS route
 //     returning a record-sized JSON; target >= 5,000 requests/s with p99 <= 20 ms; each run also reports the
 //     server's CPU per answered request (its process tree, from /proc), steadier than rates on a shared machine;
@@ -121,6 +122,13 @@ const imp1 = await child('import-client.js', { url: server.url, ca, token, listI
 const imp2 = N - half > 0 ? await child('import-client.js', { url: server.url, ca, token, listId: list.id, records: N - half, offset: half, inflight: 2 }) : undefined;
 const imp = { rate: N / (imp1.seconds + (imp2?.seconds ?? 0)) };
 console.log(`import: records 1-${fmt(half)} one request at a time ${fmt(imp1.rate)}/s; ${imp2 ? `records ${fmt(half + 1)}-${fmt(N)} two at a time ${fmt(imp2.rate)}/s` : ''}`);
+// For reference (no target): a re-import that changes stored records, matched on customer id, one request at a
+// time: each record is read, decrypted, merged with the new values, sealed again and written back.
+const UPDATE_N = Math.min(N, 100_000);
+const updCpu0 = treeCpuSeconds(server.pid);
+const upd = await child('import-client.js', { url: server.url, ca, token, listId: list.id, records: UPDATE_N, offset: 0, inflight: 1, suffix: '-2' });
+const updCpuUs = ((treeCpuSeconds(server.pid) - updCpu0) * 1e6) / UPDATE_N;
+console.log(`update re-import (reference, no target): ${fmt(UPDATE_N)} stored records changed through the merge API, one request at a time: ${fmt(upd.rate)}/s, server CPU ${Math.round(updCpuUs)} µs per record`);
 const rowOf = (i) => {
   const email = `person${i}@example.org`;
   const mobile = `+1 555 ${String(i).padStart(7, '0')}`;
