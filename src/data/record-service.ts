@@ -94,7 +94,7 @@ const RECORD_COLUMNS = ['list_key', 'id', 'customer_id', 'email_sha256', 'email_
 const RECORD_INSERT_SIZES = [200, 50, 10, 1] as const;
 /** The columns a write of a stored record sets: all but its identity and creation time. */
 const UPDATED_COLUMNS = RECORD_COLUMNS.filter((c) => c !== 'list_key' && c !== 'id' && c !== 'created_at');
-/** Rows per records UPDATE (see `MultiRowUpdate`). */
+/** Rows per records UPDATE on PostgreSQL (see `MultiRowUpdate`; SQLite updates a row per statement). */
 const RECORD_UPDATE_SIZES = [200, 50, 10, 1] as const;
 
 
@@ -354,7 +354,7 @@ export class RecordService {
     let foldDue = recordKeys.tables && (await recordKeys.add(db, listKey, inserted.map(keyedRecord)));
     const rekeys = { remove: [] as KeyedRecord[], add: [] as KeyedRecord[] };
     const updates = rows.filter((x) => x.item.target !== null);
-    // Stored records: hundreds per statement (a merge names each record once: its lines are grouped).
+    // Stored records: on PostgreSQL hundreds per statement (a merge names each record once: its lines are grouped).
     const updated = await this.#recordUpdate.run(db, listKey, updates.map((r) => [r.row.id, ...UPDATED_COLUMNS.map((c) => r.row[c] ?? null)]));
     // The targets were read in this transaction, under the list's write lock: each is there.
     if (updated !== updates.length) throw new Error(`${updates.length - updated} stored records to update were not found in their list`);
@@ -378,7 +378,7 @@ export class RecordService {
   /** New records' columns, in order: the insert's, and the order their values are flattened in. */
   readonly #recordColumns: readonly (keyof RecordsTable)[];
   readonly #recordInsert: MultiRowInsert;
-  /** The UPDATE of stored records, many per statement (see `MultiRowUpdate`); through Kysely's builder, one each cost a tenth of an update import's CPU. */
+  /** The UPDATE of stored records: on PostgreSQL many per statement (see `MultiRowUpdate`); SQL built once, not through Kysely's builder (which cost a tenth of an update import's CPU). */
   readonly #recordUpdate: MultiRowUpdate;
 
   /** Inserts new records, a few statements for thousands (see `MultiRowInsert`). */
@@ -878,7 +878,7 @@ export class RecordService {
           .limit(limit)
           .execute();
         if (rows.length === 0) return { visited: 0, changed: 0, cursor: null };
-        // Sealed again under the active generation, then written list by list, hundreds of records per statement.
+        // Sealed again under the active generation, then written list by list (on PostgreSQL hundreds of records per statement).
         const byList = new Map<number, unknown[][]>();
         for (const r of rows) {
           if (r.protected === null) continue;

@@ -16,16 +16,20 @@ export interface MultiRowUpdateShape {
 }
 
 /**
- * An UPDATE of many rows of one table, each to values of its own, as one
- * statement per chunk of rows (both engines):
+ * An UPDATE of many rows of one table, each to values of its own. On
+ * PostgreSQL, one statement per chunk of rows:
  *
- *     WITH v(key, c1, …) AS (VALUES (…), (…), …)
- *     UPDATE table SET c1 = v.c1, … FROM v WHERE table.scope = ? AND table.key = v.key
+ *     WITH v (key, c1, …) AS (VALUES (…), (…), …)
+ *     UPDATE table SET c1 = v.c1, … FROM v WHERE table.scope = $n AND table.key = v.key
  *
- * its SQL built once per chunk size, like `MultiRowInsert`. One statement for
- * hundreds of rows instead of one each: on PostgreSQL, one round trip
- * instead of hundreds. The keys of one `run` must be distinct (a row named
- * twice would get one of its two value sets, not the last).
+ * its SQL built once per chunk size, like `MultiRowInsert`: one round trip
+ * for hundreds of rows instead of one each. On SQLite, one prepared
+ * `UPDATE … WHERE scope = ? AND key = ?` per row: a statement there costs no
+ * round trip, and SQLite runs `UPDATE … FROM` through an intermediate table
+ * (5,000 updates of a 200,000-row records table: 53–68 µs per row one by one,
+ * 69–95 µs 200 at a time). The keys of one `run` must be distinct (in one
+ * statement a row named twice would get one of its two value sets, not the
+ * last).
  */
 export class MultiRowUpdate {
   readonly #shape: MultiRowUpdateShape;
@@ -54,8 +58,13 @@ export class MultiRowUpdate {
       keys.add(r[0]);
     }
     if (keys.size !== rows.length) throw new TypeError('a multi-row update names a row twice');
-    let done = 0;
     let updated = 0;
+    if (this.#adapter.kind === 'sqlite') {
+      const text = this.#singleRowText();
+      for (const r of rows) updated += Number((await db.executeQuery(CompiledQuery.raw(text, [...r.slice(1), scope, r[0]]))).numAffectedRows ?? 0);
+      return updated;
+    }
+    let done = 0;
     for (const size of this.#sizes) {
       while (rows.length - done >= size) {
         const params: unknown[] = [];
@@ -67,6 +76,17 @@ export class MultiRowUpdate {
       }
     }
     return updated;
+  }
+
+  #singleRowText(): string {
+    let text = this.#sql.get(0);
+    if (text === undefined) {
+      const { table, scope, key, columns } = this.#shape;
+      let n = 0;
+      text = `UPDATE ${table} SET ${columns.map((c) => `${c} = ${this.#adapter.param(++n)}`).join(', ')} WHERE ${scope} = ${this.#adapter.param(++n)} AND ${key} = ${this.#adapter.param(++n)}`;
+      this.#sql.set(0, text);
+    }
+    return text;
   }
 
   #text(rows: number): string {
