@@ -89,6 +89,7 @@ export class MultiRowUpdate {
     return text;
   }
 
+  /** The PostgreSQL statement for `rows` rows. */
   #text(rows: number): string {
     let text = this.#sql.get(rows);
     if (text === undefined) {
@@ -96,7 +97,7 @@ export class MultiRowUpdate {
       const names = [key, ...columns];
       let n = 0;
       // PostgreSQL types a VALUES column from its parameters, which arrive untyped (text): cast each one.
-      const value = (c: string) => (this.#adapter.kind === 'postgres' ? `${this.#adapter.param(++n)}::${types[c]}` : this.#adapter.param(++n));
+      const value = (c: string) => `${this.#adapter.param(++n)}::${types[c]}`;
       const tuple = () => `(${names.map(value).join(', ')})`;
       const values = Array.from({ length: rows }, tuple).join(', ');
       text =
