@@ -97,6 +97,13 @@ const UPDATED_COLUMNS = RECORD_COLUMNS.filter((c) => c !== 'list_key' && c !== '
 /** Rows per records UPDATE on PostgreSQL (see `MultiRowUpdate`; SQLite updates a row per statement). */
 const RECORD_UPDATE_SIZES = [200, 50, 10, 1] as const;
 
+/** An UPDATE of `columns` of stored records, by list and id (the SQL types are those of migration 0007's `records`). */
+function recordUpdate(adapter: StorageAdapter, columns: readonly (keyof RecordsTable)[]): MultiRowUpdate {
+  const { blobType: blob, bigintType: big } = adapter;
+  const types = { id: 'text', customer_id: 'text', email_sha256: 'text', email_md5: 'text', email_bi: blob, mobile_bi: blob, k_sha256: big, k_md5: big, k_mobile: big, plain: 'text', protected: blob, updated_at: big };
+  return new MultiRowUpdate({ table: 'records', scope: 'list_key', key: 'id', columns, types }, RECORD_UPDATE_SIZES, adapter);
+}
+
 
 /** A message without the value: the value may be personal data. */
 function reasonOf(err: unknown): string {
@@ -162,9 +169,7 @@ export class RecordService {
     this.#recordKeys = new RecordKeys(deps.storage.adapter, deps.keyFold);
     this.#recordColumns = this.#recordKeys.tables ? [...RECORD_COLUMNS, 'seq'] : RECORD_COLUMNS;
     this.#recordInsert = new MultiRowInsert('records', this.#recordColumns, RECORD_INSERT_SIZES, deps.storage.adapter);
-    const { blobType: blob, bigintType: big } = deps.storage.adapter;
-    const types = { id: 'text', customer_id: 'text', email_sha256: 'text', email_md5: 'text', email_bi: blob, mobile_bi: blob, k_sha256: big, k_md5: big, k_mobile: big, plain: 'text', protected: blob, updated_at: big };
-    this.#recordUpdate = new MultiRowUpdate({ table: 'records', scope: 'list_key', key: 'id', columns: UPDATED_COLUMNS, types }, RECORD_UPDATE_SIZES, deps.storage.adapter);
+    this.#recordUpdate = recordUpdate(deps.storage.adapter, UPDATED_COLUMNS);
   }
 
   #keysOf(db: Kysely<TenantDB>, tenantId: string, listId: string): Promise<ObjectKeys> {
@@ -860,7 +865,7 @@ export class RecordService {
 
   /** The re-encryption job's view of records: every protected value, list by list. */
   static source(adapter: StorageAdapter): EncryptedSource {
-    const resealed = new MultiRowUpdate({ table: 'records', scope: 'list_key', key: 'id', columns: ['protected'], types: { id: 'text', protected: adapter.blobType } }, RECORD_UPDATE_SIZES, adapter);
+    const resealed = recordUpdate(adapter, ['protected']);
     return {
       name: 'records',
       async count(db) {
