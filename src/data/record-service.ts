@@ -16,11 +16,11 @@ import type { RecordsTable } from './data-tables.js';
 import { CUSTOMER_ID, EMAIL, MATCH_KEYS, MD5, MOBILE, SHA256, checkValue, type MatchKey } from './fields.js';
 import type { ListService, LoadedList } from './list-service.js';
 import { ohashes } from './ohash.js';
-import { LIST_OBJECT, decodeRecord, encodeRecord, indexValue, type EncodedRecord, lookupKey, normaliseForMatch, openProtected, sealProtected } from './record-codec.js';
+import { LIST_OBJECT, decodeRecord, encodeRecord, indexText, indexValue, type EncodedRecord, lookupKey, normaliseForMatch, openProtected, sealProtected } from './record-codec.js';
 import { redact } from './redaction.js';
 import { RecordKeys, rekeyed, type FoldPolicy, type KeyColumn, type KeyedRecord } from './record-keys.js';
 import { csvHeader, type ExportPage, type ExportShape } from './export-format.js';
-import { DataWorkers, ENCODE_SLICE } from './data-workers.js';
+import { DataWorkers, ENCODE_SLICE, type EncodeInput } from './data-workers.js';
 import { MultiRowInsert } from '../storage/multi-row-insert.js';
 import { MultiRowUpdate } from '../storage/multi-row-update.js';
 import { chunks } from '../core/chunks.js';
@@ -112,14 +112,26 @@ function reasonOf(err: unknown): string {
   return colon >= 0 ? msg.slice(colon + 2) : msg;
 }
 
+/**
+ * A new record being encoded on the data workers while the write transaction
+ * runs: its slice of the batch (resolving with the slice's records in order,
+ * or undefined if the workers failed it) and its place in that slice.
+ */
+interface Ahead {
+  slice: Promise<EncodedRecord[] | undefined>;
+  index: number;
+}
+
 interface Item {
   line: number;
   target: Row | null;
   values: Map<string, unknown>;
   mode: 'merge' | 'replace';
   presetHashes?: { sha256?: string; md5?: string } | undefined;
-  /** A new record already encoded outside the write transaction (by {@link RecordService.merge}). */
-  encoded?: EncodedRecord | undefined;
+  /** A new record's id, when it was given one outside the write transaction (with {@link Item.ahead}). */
+  id?: string | undefined;
+  /** A new record encoded outside the write transaction (by {@link RecordService.merge}). */
+  ahead?: Ahead | undefined;
 }
 
 /** The lines of a merge batch that name one record, with their combined values. */
@@ -130,8 +142,54 @@ interface Group {
   /** The match key's value as given (the key its targets are looked up by). */
   match: unknown;
   presetHashes?: { sha256?: string; md5?: string };
-  encoded?: EncodedRecord;
+  /** For a group that named no stored record in the first phase: the new record's id and its encoding. */
+  id?: string;
+  ahead?: Ahead;
 }
+
+/** An item as the write sees it: the record after the write, and the item's place in the batch. */
+interface Planned {
+  item: Item;
+  /** Position in the batch (the order errors are reported in). */
+  at: number;
+  input: EncodeInput;
+}
+
+/** An encoded record of the batch, with what the write needs to know of it. */
+interface Encoded extends EncodedRecord {
+  item: Item;
+  at: number;
+}
+
+/**
+ * Errors of a batch by kind, reported in this order and, within a kind, in
+ * the order of the batch (unique custom fields: field by field).
+ */
+interface BatchErrors {
+  required: LineError[];
+  claims: LineError[];
+  customer: Array<{ at: number; error: LineError }>;
+  email: Array<{ at: number; error: LineError }>;
+  unique: Array<{ field: number; at: number; error: LineError }>;
+}
+
+function batchErrorCount(e: BatchErrors): number {
+  return e.required.length + e.claims.length + e.customer.length + e.email.length + e.unique.length;
+}
+
+function batchErrorList(e: BatchErrors): LineError[] {
+  const byAt = <T extends { at: number }>(a: T, b: T) => a.at - b.at;
+  return [
+    ...e.required,
+    ...e.claims,
+    ...e.customer.sort(byAt).map((x) => x.error),
+    ...e.email.sort(byAt).map((x) => x.error),
+    ...e.unique.sort((a, b) => a.field - b.field || a.at - b.at).map((x) => x.error),
+  ];
+}
+
+/** New records per slice encoded ahead of a merge's write (the write takes them up slice by slice as they are ready). */
+const AHEAD_SLICE = 1000;
 
 /**
  * Records of lists: create, read, update, delete, batch merge (upsert by a
@@ -258,17 +316,29 @@ export class RecordService {
 
   /**
    * Uniqueness against stored records and within the batch, then the writes.
-   * Everything is checked before anything is written, so a failure leaves
-   * the batch unapplied (and the caller's transaction rolls back anyway).
+   *
+   * New records encoded ahead of the transaction ({@link RecordService.merge})
+   * are taken up slice by slice as the data workers finish them, so that the
+   * transaction's look-ups and inserts run beside the encoding of the later
+   * slices; everything else (updates, and new records not encoded ahead) comes
+   * last. The batch is all or nothing, and what it reports does not depend on
+   * the slicing: uniqueness within the batch is checked first, on the values
+   * themselves (a blind index is equal exactly when its normalised text is);
+   * a slice is written only while nothing has been rejected, so every look-up
+   * sees the stored records as they were before the batch (the records the
+   * batch updates are written last); once anything is rejected, the later
+   * slices are still checked, so that every rejected line is reported, and
+   * the caller's transaction rolls back.
    */
   async #write(db: Kysely<TenantDB>, tenantId: string, list: LoadedList, keys: ObjectKeys, items: Item[]): Promise<{ ids: string[]; foldDue: boolean }> {
     const listKey = list.row.key;
     const now = this.#clock.now();
-    const errors: LineError[] = [];
+    const times = { created: now, updated: now };
+    const errors: BatchErrors = { required: [], claims: [], customer: [], email: [], unique: [] };
 
     // The record after the write: a merge keeps the stored values of the fields it does not name
     // (and the oHashes of a record that has no email); a replace keeps nothing.
-    const after = items.map((item) => {
+    const planned: Planned[] = items.map((item, at) => {
       let values = item.values;
       let hashes = item.presetHashes;
       if (item.target && item.mode === 'merge') {
@@ -284,46 +354,90 @@ export class RecordService {
       for (const f of list.fields) {
         if (!f.required) continue;
         const v = values.get(f.name);
-        if (v === null || v === undefined) errors.push(lineError(item.line, 'is required', f.name));
+        if (v === null || v === undefined) errors.required.push(lineError(item.line, 'is required', f.name));
       }
       // (A stored record's creation time is not written again: the UPDATE leaves it.)
-      return { item, input: { id: item.target?.id ?? newId(now), values, presetHashes: hashes } };
+      return { item, at, input: { id: item.target?.id ?? item.id ?? newId(now), values, presetHashes: hashes } };
     });
-    // Records not encoded ahead of the transaction (updates, mostly): a large batch of them on the data workers.
-    const pending = after.filter((a) => !a.item.encoded);
-    const job = { fields: list.fields, listKey, times: { created: now, updated: now }, records: pending.map((a) => a.input) };
-    const encoded = new Map<(typeof after)[number], EncodedRecord>();
-    if (pending.length >= ENCODE_SLICE) {
-      try {
-        const out = await this.#workers.encode(keys, job);
-        pending.forEach((a, i) => encoded.set(a, out[i]!));
-      } catch (err) {
-        this.#log?.warn({ err, tenantId }, 'records could not be encoded on the data workers; encoding them here');
-      }
-    }
-    const rows = after.map((a) => ({ ...(a.item.encoded ?? encoded.get(a) ?? encodeRecord(keys, list.fields, listKey, a.input.id, a.input.values, job.times, a.input.presetHashes)), item: a.item }));
+    this.#claims(list, planned, errors);
 
+    // Slices encoded ahead, in the order they were sent; then the rest.
+    const slices = new Map<Promise<EncodedRecord[] | undefined>, Planned[]>();
+    const rest: Planned[] = [];
+    for (const p of planned) {
+      const ahead = p.item.target === null ? p.item.ahead : undefined;
+      if (!ahead) rest.push(p);
+      else if (slices.has(ahead.slice)) slices.get(ahead.slice)!.push(p);
+      else slices.set(ahead.slice, [p]);
+    }
+    let foldDue = false;
+    for (const [slice, members] of slices) {
+      const out = await slice;
+      const rows = members.map((p): Encoded => {
+        const e = out?.[p.item.ahead!.index];
+        // The workers failed this slice (logged where it was sent): encode its records here.
+        const encoded = e !== undefined && e.row.id === p.input.id ? e : encodeRecord(keys, list.fields, listKey, p.input.id, p.input.values, times, p.input.presetHashes);
+        return { ...encoded, item: p.item, at: p.at };
+      });
+      foldDue = (await this.#checkAndWrite(db, list, rows, errors)) || foldDue;
+    }
+    if (rest.length > 0) {
+      // Records not encoded ahead of the transaction (updates, mostly): a large batch of them on the data workers.
+      const job = { fields: list.fields, listKey, times, records: rest.map((p) => p.input) };
+      let out: EncodedRecord[] | undefined;
+      if (rest.length >= ENCODE_SLICE) {
+        try {
+          out = await this.#workers.encode(keys, job);
+        } catch (err) {
+          this.#log?.warn({ err, tenantId }, 'records could not be encoded on the data workers; encoding them here');
+        }
+      }
+      const rows = rest.map((p, i): Encoded => ({ ...(out?.[i] ?? encodeRecord(keys, list.fields, listKey, p.input.id, p.input.values, times, p.input.presetHashes)), item: p.item, at: p.at }));
+      foldDue = (await this.#checkAndWrite(db, list, rows, errors)) || foldDue;
+    }
+    if (batchErrorCount(errors) > 0) throw batchError(batchErrorList(errors));
+    return { ids: planned.map((p) => p.input.id), foldDue };
+  }
+
+  /**
+   * Uniqueness within a batch, in its order: a customer id, an email (as it is matched:
+   * trimmed, lower-case) or a value of a unique custom field (its index text) given for
+   * two records. The write's blind indexes are equal exactly when these texts are.
+   */
+  #claims(list: LoadedList, planned: readonly Planned[], errors: BatchErrors): void {
     const claims = new Map<string, { id: string; line: number }>();
     const claim = (kind: string, key: string, id: string, line: number, field: string) => {
       const prev = claims.get(`${kind}\u0000${key}`);
-      if (prev && prev.id !== id) errors.push(lineError(line, `the same value is given on line ${prev.line}`, field));
+      if (prev && prev.id !== id) errors.claims.push(lineError(line, `the same value is given on line ${prev.line}`, field));
       else claims.set(`${kind}\u0000${key}`, { id, line });
     };
-    for (const r of rows) {
-      if (r.row.customer_id !== null) claim('c', r.row.customer_id, r.row.id, r.item.line, CUSTOMER_ID);
-      if (r.row.email_bi !== null) claim('e', r.row.email_bi.toString('base64'), r.row.id, r.item.line, EMAIL);
-      for (const ix of r.index) {
-        const f = list.fields.find((x) => x.name === ix.field)!;
-        if (f.unique) claim(`u:${f.name}`, ix.value.toString('base64'), r.row.id, r.item.line, f.name);
+    const unique = list.fields.filter((f) => !f.computed && f.indexed && !f.standard && f.unique);
+    for (const { item, input } of planned) {
+      const customerId = input.values.get(CUSTOMER_ID);
+      if (typeof customerId === 'string') claim('c', customerId, input.id, item.line, CUSTOMER_ID);
+      const email = input.values.get(EMAIL);
+      if (typeof email === 'string') claim('e', normaliseForMatch(email), input.id, item.line, EMAIL);
+      for (const f of unique) {
+        const v = input.values.get(f.name);
+        if (v !== null && v !== undefined) claim(`u:${f.name}`, indexText(f, v), input.id, item.line, f.name);
       }
     }
+  }
+
+  /**
+   * Checks encoded records of a batch against the stored records (customer id, email, unique
+   * custom fields) and, while nothing of the batch has been rejected, writes them. Returns
+   * whether a fold of the lookup-key tables is due.
+   */
+  async #checkAndWrite(db: Kysely<TenantDB>, list: LoadedList, rows: readonly Encoded[], errors: BatchErrors): Promise<boolean> {
+    const listKey = list.row.key;
     const byCustomer = rows.filter((r) => r.row.customer_id !== null);
     for (const part of chunks(byCustomer, CHUNK)) {
       const found = await db.selectFrom('records').select(['id', 'customer_id']).where('list_key', '=', listKey).where('customer_id', 'in', part.map((r) => r.row.customer_id!)).execute();
       const owner = new Map(found.map((f) => [f.customer_id!, f.id]));
       for (const r of part) {
         const o = owner.get(r.row.customer_id!);
-        if (o !== undefined && o !== r.row.id) errors.push(lineError(r.item.line, 'already used by another record', CUSTOMER_ID));
+        if (o !== undefined && o !== r.row.id) errors.customer.push({ at: r.at, error: lineError(r.item.line, 'already used by another record', CUSTOMER_ID) });
       }
     }
     // Emails are found through their oHash key, then compared on the blind index.
@@ -334,21 +448,22 @@ export class RecordService {
       const owner = new Map(found.map((f) => [f.email_bi!.toString('base64'), f.id]));
       for (const r of part) {
         const o = owner.get(r.row.email_bi!.toString('base64'));
-        if (o !== undefined && o !== r.row.id) errors.push(lineError(r.item.line, 'already used by another record', EMAIL));
+        if (o !== undefined && o !== r.row.id) errors.email.push({ at: r.at, error: lineError(r.item.line, 'already used by another record', EMAIL) });
       }
     }
-    for (const f of list.fields.filter((x) => x.unique && !x.standard)) {
+    const uniqueFields = list.fields.filter((x) => x.unique && !x.standard);
+    for (const [fi, f] of uniqueFields.entries()) {
       const withIt = rows.flatMap((r) => r.index.filter((ix) => ix.field === f.name).map((ix) => ({ r, value: ix.value })));
       for (const part of chunks(withIt, CHUNK)) {
         const found = await db.selectFrom('record_index').select(['record_id', 'value']).where('list_key', '=', listKey).where('field', '=', f.name).where('value', 'in', part.map((p) => p.value)).execute();
         const owner = new Map(found.map((x) => [x.value.toString('base64'), x.record_id]));
         for (const p of part) {
           const o = owner.get(p.value.toString('base64'));
-          if (o !== undefined && o !== p.r.row.id) errors.push(lineError(p.r.item.line, 'already used by another record', f.name));
+          if (o !== undefined && o !== p.r.row.id) errors.unique.push({ field: fi, at: p.r.at, error: lineError(p.r.item.line, 'already used by another record', f.name) });
         }
       }
     }
-    if (errors.length > 0) throw batchError(errors);
+    if (batchErrorCount(errors) > 0) return false;
 
     const inserts = rows.filter((r) => r.item.target === null);
     const recordKeys = this.#recordKeys;
@@ -357,27 +472,28 @@ export class RecordService {
     const inserted = inserts.map((r, i) => (recordKeys.tables ? { ...r.row, seq: firstSeq + i } : r.row));
     await this.#insertRecords(db, inserted);
     let foldDue = recordKeys.tables && (await recordKeys.add(db, listKey, inserted.map(keyedRecord)));
-    const rekeys = { remove: [] as KeyedRecord[], add: [] as KeyedRecord[] };
     const updates = rows.filter((x) => x.item.target !== null);
-    // Stored records: on PostgreSQL hundreds per statement (a merge names each record once: its lines are grouped).
-    const updated = await this.#recordUpdate.run(db, listKey, updates.map((r) => [r.row.id, ...UPDATED_COLUMNS.map((c) => r.row[c] ?? null)]));
-    // The targets were read in this transaction, under the list's write lock: each is there.
-    if (updated !== updates.length) throw new Error(`${updates.length - updated} stored records to update were not found in their list`);
-    if (recordKeys.tables) {
-      for (const r of updates) {
-        const change = rekeyed(keyedRecord(r.item.target!), r.row);
-        if (change.remove) rekeys.remove.push(change.remove);
-        if (change.add) rekeys.add.push(change.add);
+    if (updates.length > 0) {
+      const rekeys = { remove: [] as KeyedRecord[], add: [] as KeyedRecord[] };
+      // Stored records: on PostgreSQL hundreds per statement (a merge names each record once: its lines are grouped).
+      const updated = await this.#recordUpdate.run(db, listKey, updates.map((r) => [r.row.id, ...UPDATED_COLUMNS.map((c) => r.row[c] ?? null)]));
+      // The targets were read in this transaction, under the list's write lock: each is there.
+      if (updated !== updates.length) throw new Error(`${updates.length - updated} stored records to update were not found in their list`);
+      if (recordKeys.tables) {
+        for (const r of updates) {
+          const change = rekeyed(keyedRecord(r.item.target!), r.row);
+          if (change.remove) rekeys.remove.push(change.remove);
+          if (change.add) rekeys.add.push(change.add);
+        }
       }
+      await recordKeys.remove(db, listKey, rekeys.remove);
+      foldDue = (await recordKeys.add(db, listKey, rekeys.add)) || foldDue;
+      // Updated records: their index rows are rebuilt from the whole record after the write.
+      for (const part of chunks(updates.map((r) => r.row.id), CHUNK)) await db.deleteFrom('record_index').where('list_key', '=', listKey).where('record_id', 'in', part).execute();
     }
-    await recordKeys.remove(db, listKey, rekeys.remove);
-    foldDue = (await recordKeys.add(db, listKey, rekeys.add)) || foldDue;
-    // Updated records: their index rows are rebuilt from the whole record after the write.
-    const updatedIds = updates.map((r) => r.row.id);
-    for (const part of chunks(updatedIds, CHUNK)) await db.deleteFrom('record_index').where('list_key', '=', listKey).where('record_id', 'in', part).execute();
     const indexRows = rows.flatMap((r) => r.index.map((ix) => ({ list_key: listKey, field: ix.field, value: ix.value, record_id: r.row.id })));
     for (const part of chunks(indexRows, 500)) await db.insertInto('record_index').values(part).execute();
-    return { ids: rows.map((r) => r.row.id), foldDue };
+    return foldDue;
   }
 
   /** New records' columns, in order: the insert's, and the order their values are flattened in. */
@@ -447,13 +563,16 @@ export class RecordService {
    *
    * Two phases. First, without a write transaction: validation, grouping of
    * lines that name the same record, and the encryption of the records that
-   * do not exist yet (the bulk of the CPU work of an import). Then the write
-   * transaction, serialised per list, finds the targets again,
-   * authoritatively, encodes what the first phase could not use (records
-   * that appeared or disappeared in between, updates, or everything if the
-   * list's schema or data-key generation changed), checks uniqueness and
-   * writes. The tenant's write lock is held for about half as long, and
-   * another server process can write while this one encrypts.
+   * do not exist yet (the bulk of the CPU work of an import), on the data
+   * workers in slices of {@link AHEAD_SLICE}. Then, once the first slice is
+   * ready, the write transaction, serialised per list: it finds the targets
+   * again, authoritatively, checks and writes the new records slice by slice
+   * as the workers finish them (see `#write`), and encodes what the first
+   * phase could not use (records that appeared or disappeared in between,
+   * updates, or everything if the list's schema or data-key generation
+   * changed). The tenant's write lock is not held while the first slice is
+   * encrypted, and another server process can write while this one encrypts
+   * its first slice.
    */
   async merge(auth: AuthContext, tenantId: string, listId: string, records: unknown[], opts: MergeOptions): Promise<MergeResult> {
     if (!MATCH_KEYS.includes(opts.matchKey)) throw new CustosError('validation_failed', `matchKey must be one of ${MATCH_KEYS.join(', ')}`);
@@ -471,16 +590,27 @@ export class RecordService {
     });
     if (insertNew) {
       // The bulk of an import's CPU, on the data workers' threads (or in slices on this one), while this thread serves
-      // other requests. Should it fail, the write transaction encodes these records itself.
+      // other requests and, once the first slice is ready, runs the write transaction beside the encoding of the others.
+      // Should the workers fail a slice, the write transaction encodes its records itself.
       const now = this.#clock.now();
       const fresh = pre.groups.filter((g) => !pre.targets.has(g.key));
-      const job = { fields: pre.list.fields, listKey: pre.list.row.key, times: { created: now, updated: now }, records: fresh.map((g) => ({ id: newId(now), values: g.values, presetHashes: g.presetHashes })) };
-      try {
-        const encoded = await this.#workers.encode(pre.keys, job);
-        fresh.forEach((g, i) => (g.encoded = encoded[i]));
-      } catch (err) {
-        this.#log?.warn({ err, tenantId }, 'records could not be encoded ahead of the write; the write encodes them');
+      const fields = pre.list.fields;
+      const listKey = pre.list.row.key;
+      let previous: Promise<unknown> = Promise.resolve();
+      for (const part of chunks(fresh, AHEAD_SLICE)) {
+        for (const g of part) g.id = newId(now);
+        const job = { fields, listKey, times: { created: now, updated: now }, records: part.map((g) => ({ id: g.id!, values: g.values, presetHashes: g.presetHashes })) };
+        // With worker threads every slice is sent at once (the threads take them in turn); without, one after the
+        // other, with a turn of the event loop before each (the encoding yields between its own parts too).
+        const run = () => this.#workers.encode(pre.keys, job);
+        const slice = (this.#workers.threads > 0 ? run() : previous.then(() => new Promise((resolve) => setImmediate(resolve))).then(run)).catch((err: unknown) => {
+          this.#log?.warn({ err, tenantId }, 'records could not be encoded ahead of the write; the write encodes them');
+          return undefined;
+        });
+        previous = slice;
+        part.forEach((g, index) => (g.ahead = { slice, index }));
       }
+      await fresh[0]?.ahead?.slice;
     }
     return store.transaction(async (db) => {
       await this.#lists.lockForWrite(db, listId);
@@ -500,7 +630,7 @@ export class RecordService {
           if (target) for (const line of g.lines) ids[line - first] = target.id;
           continue;
         }
-        const item: Item = { line: g.lines[0]!, target, values: g.values, mode: target ? (update === 'replace' ? 'replace' : 'merge') : 'replace', presetHashes: g.presetHashes, encoded: target ? undefined : g.encoded };
+        const item: Item = { line: g.lines[0]!, target, values: g.values, mode: target ? (update === 'replace' ? 'replace' : 'merge') : 'replace', presetHashes: g.presetHashes, id: target ? undefined : g.id, ahead: target ? undefined : g.ahead };
         items.push(item);
         for (const line of g.lines) itemOf[line - first] = item;
       }
