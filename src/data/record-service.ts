@@ -405,21 +405,25 @@ export class RecordService {
    * two records. The write's blind indexes are equal exactly when these texts are.
    */
   #claims(list: LoadedList, planned: readonly Planned[], errors: BatchErrors): void {
-    const claims = new Map<string, { id: string; line: number }>();
-    const claim = (kind: string, key: string, id: string, line: number, field: string) => {
-      const prev = claims.get(`${kind}\u0000${key}`);
-      if (prev && prev.id !== id) errors.claims.push(lineError(line, `the same value is given on line ${prev.line}`, field));
-      else claims.set(`${kind}\u0000${key}`, { id, line });
-    };
+    // Per kind of value, the first record of the batch that gave it (its position in `planned`).
     const unique = list.fields.filter((f) => !f.computed && f.indexed && !f.standard && f.unique);
-    for (const { item, input } of planned) {
-      const customerId = input.values.get(CUSTOMER_ID);
-      if (typeof customerId === 'string') claim('c', customerId, input.id, item.line, CUSTOMER_ID);
-      const email = input.values.get(EMAIL);
-      if (typeof email === 'string') claim('e', normaliseForMatch(email), input.id, item.line, EMAIL);
-      for (const f of unique) {
-        const v = input.values.get(f.name);
-        if (v !== null && v !== undefined) claim(`u:${f.name}`, indexText(f, v), input.id, item.line, f.name);
+    const byKind = [CUSTOMER_ID, EMAIL, ...unique.map((f) => f.name)].map(() => new Map<string, number>());
+    const claim = (kind: number, key: string, at: number, field: string) => {
+      const claims = byKind[kind]!;
+      const prev = claims.get(key);
+      if (prev === undefined) claims.set(key, at);
+      else if (planned[prev]!.input.id !== planned[at]!.input.id) errors.claims.push(lineError(planned[at]!.item.line, `the same value is given on line ${planned[prev]!.item.line}`, field));
+    };
+    for (let at = 0; at < planned.length; at++) {
+      const values = planned[at]!.input.values;
+      const customerId = values.get(CUSTOMER_ID);
+      if (typeof customerId === 'string') claim(0, customerId, at, CUSTOMER_ID);
+      const email = values.get(EMAIL);
+      if (typeof email === 'string') claim(1, normaliseForMatch(email), at, EMAIL);
+      for (let u = 0; u < unique.length; u++) {
+        const f = unique[u]!;
+        const v = values.get(f.name);
+        if (v !== null && v !== undefined) claim(2 + u, indexText(f, v), at, f.name);
       }
     }
   }
