@@ -1,4 +1,6 @@
 import Database from 'better-sqlite3';
+import { sql } from 'kysely';
+import pg from 'pg';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemClock } from '../../src/core/clock.js';
 import { newId } from '../../src/core/ids.js';
@@ -58,6 +60,42 @@ describeEachStorage('tenant store connections', (kind) => {
     for (let i = 0; i < 20; i++) {
       await store.transaction((db) => db.insertInto('users').values(user(`seq${String(i).padStart(2, '0')}`)).execute());
       expect((await names()).filter((n) => n.startsWith('seq'))).toHaveLength(i + 1);
+    }
+  });
+
+  it.runIf(kind === 'postgres')("tenant connections go where the deployment's URL says, a Unix socket too, as the tenant's role in its schema (PostgreSQL)", async (ctx) => {
+    const inTenant = (s: Storage) =>
+      s.tenant(tenant).read(async (db) => (await sql<{ addr: string | null; role: string; path: string[] }>`select host(inet_server_addr()) as addr, current_user as role, current_schemas(false) as path`.execute(db)).rows[0]!);
+    // Over TCP, as the test deployment's URL names a host.
+    const tcp = await inTenant(storage);
+    expect(tcp.addr).not.toBeNull();
+    const url = new URL(env.config.databaseUrl!);
+    // The server's socket directory, and whether the test's user may sign in through it (a default Debian install
+    // authenticates local connections by the operating system's user name).
+    const setting = (await sql<{ dirs: string }>`select current_setting('unix_socket_directories') as dirs`.execute(storage.control)).rows[0]!.dirs;
+    const dir = setting.split(',').map((d) => d.trim()).find((d) => d.startsWith('/'));
+    if (!dir) return ctx.skip('the server listens on no Unix socket');
+    url.searchParams.set('host', dir);
+    const probe = new pg.Client({ connectionString: url.toString() });
+    try {
+      await probe.connect();
+      await probe.end();
+    } catch {
+      return ctx.skip(`no sign-in through ${dir} here`);
+    }
+    const masterKey = await readMasterKeyFile(env.config.masterKeyFile);
+    const bySocket = openStorage({ ...env.config, databaseUrl: url.toString() }, systemClock, () => masterKey);
+    try {
+      const local = await inTenant(bySocket);
+      // No server address: the connection is the socket's (before, tenant pools took the URL's host name and used TCP).
+      expect(local.addr).toBeNull();
+      expect(local.role).toBe(tcp.role);
+      expect(local.role).not.toBe(url.username);
+      expect(local.path).toEqual(tcp.path);
+      await bySocket.tenant(tenant).transaction((db) => db.insertInto('users').values(user('via-socket')).execute());
+      expect(await names()).toContain('via-socket');
+    } finally {
+      await bySocket.close();
     }
   });
 

@@ -1,5 +1,6 @@
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
+import { parseIntoClientConfig } from 'pg-connection-string';
 import { CustosError } from '../../core/errors.js';
 import { isId } from '../../core/ids.js';
 import type { Clock } from '../../core/clock.js';
@@ -122,16 +123,18 @@ export class PostgresStorage implements Storage {
       return hit.db;
     }
     const { schema, role } = tenantIdentifiers(tenantId);
-    const url = new URL(this.#opts.url);
+    // Where and how to connect as the control pool does (the same parser: host or Unix-socket directory, port,
+    // database, TLS settings), but as the tenant's own role, in its own schema.
+    const { host, port, database, ssl } = parseIntoClientConfig(this.#opts.url);
     const pool = new pg.Pool({
-      host: url.hostname.replace(/^\[|\]$/g, '') || undefined,
-      port: url.port ? Number(url.port) : undefined,
-      database: decodeURIComponent(url.pathname.slice(1)) || undefined,
+      host,
+      port,
+      database,
       user: role,
       // A function, so a master-key rotation applies to every new connection at once.
       password: () => this.#opts.tenantRolePassword(tenantId),
       options: `-c search_path=${schema}`,
-      ssl: url.searchParams.get('sslmode') === 'require' ? { rejectUnauthorized: true } : undefined,
+      ssl,
       max: this.#opts.tenantPoolSize,
       idleTimeoutMillis: TENANT_IDLE_MS,
       connectionTimeoutMillis: 10000,
