@@ -294,8 +294,8 @@ console.log(`load generator: ${loader.name}`);
  * A GET load of 20 s at 64 connections after a 2 s warm-up, with the CPU the server used per answered request
  * (`cpu()`: the server's CPU seconds so far). The measured run opens its own 64 connections (each wrk run does), and
  * their TLS handshakes and set-up slow the server's first ~0.5 s (seen on machine M: server-side p50 18 ms and
- * max 58 ms in the first 250 ms, against p50 11 ms after); in the 6 s window used before, that start was 8 % of
- * the requests and alone could lift the p99 past 20 ms. Over 20 s it is under 3 % (and still counted), so the figure
+ * max 58 ms in the first 250 ms, against p50 11 ms after); in the 6 s window used before, that start held 4.7 % of
+ * the requests and alone could lift the p99 past 20 ms. Over 20 s it is under 2 % (and still counted), so the figure
  * is closer to the steady load it is meant to measure.
  */
 async function getRun(url, cpu, reqs) {

@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import Database from 'better-sqlite3';
 import { sql } from 'kysely';
 import pg from 'pg';
@@ -14,11 +17,12 @@ const user = (username: string) => ({ id: newId(), username, email: `${username}
 describeEachStorage('tenant store connections', (kind) => {
   let env: TestEnv;
   let storage: Storage;
+  let masterKey: Buffer;
   const tenant = newId();
 
   beforeAll(async () => {
     env = await makeTestEnv(kind);
-    const masterKey = await readMasterKeyFile(env.config.masterKeyFile);
+    masterKey = await readMasterKeyFile(env.config.masterKeyFile);
     storage = openStorage(env.config, systemClock, () => masterKey);
     await storage.migrateControl();
     await storage.createTenantStore(tenant);
@@ -83,7 +87,6 @@ describeEachStorage('tenant store connections', (kind) => {
     } catch {
       return ctx.skip(`no sign-in through ${dir} here`);
     }
-    const masterKey = await readMasterKeyFile(env.config.masterKeyFile);
     const bySocket = openStorage({ ...env.config, databaseUrl: url.toString() }, systemClock, () => masterKey);
     try {
       const local = await inTenant(bySocket);
@@ -96,6 +99,18 @@ describeEachStorage('tenant store connections', (kind) => {
       expect(await names()).toContain('via-socket');
     } finally {
       await bySocket.close();
+    }
+  });
+
+  it.runIf(kind === 'postgres')('a tenant connection to a socket directory where no server listens fails; it does not fall back to the URL host (PostgreSQL)', async () => {
+    const url = new URL(env.config.databaseUrl!);
+    url.searchParams.set('host', mkdtempSync(path.join(tmpdir(), 'custos-no-server-')));
+    const nowhere = openStorage({ ...env.config, databaseUrl: url.toString() }, systemClock, () => masterKey);
+    try {
+      await expect(nowhere.tenant(tenant).read((db) => db.selectFrom('users').select('username').execute())).rejects.toThrow(/ENOENT|connect/i);
+    } finally {
+      await nowhere.close();
+      rmSync(url.searchParams.get('host')!, { recursive: true, force: true });
     }
   });
 
