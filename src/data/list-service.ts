@@ -193,7 +193,12 @@ export class ListService {
         next.push(f);
       }
       const reclassified: Array<{ field: FieldDef; from: Classification }> = [];
+      // A field named twice would be rewritten from where the first entry had already moved its values
+      // (and lose them); naming a field once says the same, so the request is refused instead.
+      const named = new Set<string>();
       for (const r of change.reclassify ?? []) {
+        if (named.has(r.name)) fail(`field ${String(r.name)} is reclassified twice`);
+        named.add(r.name);
         const f = next.find((x) => x.name === r.name);
         if (!f) fail(`no field ${String(r.name)}`);
         if (f.standard) fail(`${f.name} is a standard field`);
@@ -205,6 +210,7 @@ export class ListService {
       }
       const dropped: string[] = [];
       for (const name of change.drop ?? []) {
+        if (named.has(name)) fail(`field ${String(name)} cannot be both reclassified and dropped`);
         const i = next.findIndex((x) => x.name === name);
         if (i < 0) fail(`no field ${String(name)}`);
         if (next[i]!.standard) fail(`${name} is a standard field`);
