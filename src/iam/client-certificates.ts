@@ -12,6 +12,7 @@ import type { Storage } from '../storage/storage.js';
 import type { ApiCredentialsTable } from './iam-tables.js';
 import { authorize, type AuthContext } from './authorize.js';
 import type { LoginService, SignInResult, TenantRef } from './login-service.js';
+import { checkTargetWithinActor } from './user-service.js';
 
 /** What an administrator sees of a registered client-certificate credential (never more than public data). */
 export interface ApiCredentialView {
@@ -173,7 +174,10 @@ function checkName(name: unknown): string {
  * password then issues a token to the TLS peer whose certificate verifies
  * against that user's credentials ({@link verifyClientChain}). Every
  * registration, removal, issued token and refusal is recorded. Removing a
- * credential ends the user's tokens obtained by certificate.
+ * credential ends the user's tokens obtained by certificate. Registering or
+ * removing a credential of an API user whose roles give a permission the
+ * administrator lacks is refused (403 `forbidden`): a registered certificate
+ * signs in as that user, with all its permissions.
  *
  * Lockout: certificate failures do not count toward the password lockout (no
  * password was guessed), and a certificate sign-in does not reset the count
@@ -225,6 +229,8 @@ export class ClientCertificates {
     else throw new CustosError('validation_failed', 'kind must be ca or fingerprint');
     return this.#storage.tenant(tenantId).transaction(async (db) => {
       const user = await this.#apiUser(db, auth, userId);
+      // Whoever holds the certificate signs in as the user: no certificates for users above the actor.
+      await checkTargetWithinActor(db, auth, userId, 'register a client certificate for');
       const existing = await db.selectFrom('api_credentials').select(['kind', 'value']).where('user_id', '=', userId).execute();
       if (existing.length >= MAX_CREDENTIALS_PER_USER) throw new CustosError('conflict', `an API user has at most ${MAX_CREDENTIALS_PER_USER} client-certificate credentials`);
       if (existing.some((e) => e.kind === input.kind && e.value === value)) throw new CustosError('conflict', 'this credential is already registered for the user');
@@ -248,6 +254,7 @@ export class ClientCertificates {
     authorize(auth, 'users.manage');
     return this.#storage.tenant(tenantId).transaction(async (db) => {
       const user = await this.#apiUser(db, auth, userId);
+      await checkTargetWithinActor(db, auth, userId, 'remove a client certificate of');
       const row = await db.selectFrom('api_credentials').selectAll().where('id', '=', credentialId).where('user_id', '=', userId).executeTakeFirst();
       if (!row) throw new CustosError('not_found');
       await db.deleteFrom('api_credentials').where('id', '=', credentialId).execute();

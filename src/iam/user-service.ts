@@ -46,11 +46,37 @@ export interface CreateUserInput {
 
 const USERNAME = /^[A-Za-z0-9][A-Za-z0-9._@+-]{1,99}$/;
 
+/** The permissions `roles` give that the actor does not hold (empty: nothing beyond the actor's own). */
+async function permissionsBeyond(db: Kysely<TenantDB>, auth: AuthContext, roles: readonly string[]): Promise<Permission[]> {
+  const granted = await permissionsOf(db, roles);
+  return [...granted].filter((p: Permission) => !auth.permissions.has(p));
+}
+
+/**
+ * Least privilege on the target: an administrator may act on another user
+ * only if that user's roles give no permission the administrator lacks.
+ * Changing such a user's email (then resetting its password), registering a
+ * client certificate for it, unlocking, suspending or reactivating it would
+ * act with, or take over, permissions the administrator could not hold; so it
+ * is refused like granting them (403 `forbidden`). Acting on oneself is not
+ * this check's business (self-service has its own routes and rules). Call it
+ * inside the operation's transaction, after the target's reachability check
+ * (users out of reach stay 404).
+ */
+export async function checkTargetWithinActor(db: Kysely<TenantDB>, auth: AuthContext, userId: string, action: string): Promise<void> {
+  if (userId === auth.userId) return;
+  const roles = (await db.selectFrom('user_roles').select('role').where('user_id', '=', userId).execute()).map((r) => r.role);
+  const missing = await permissionsBeyond(db, auth, roles);
+  if (missing.length > 0) throw new CustosError('forbidden', `cannot ${action} a user holding permissions you do not hold: ${missing.join(', ')}`);
+}
+
 /**
  * User administration: what Account Administrators (holders of
  * `users.manage`) do. Every operation authorizes first, records its
  * activity event in the same transaction, and never lets an administrator
- * grant a permission it does not hold itself.
+ * grant a permission it does not hold itself, nor change, suspend, activate,
+ * unlock or reset the password of another user holding one
+ * ({@link checkTargetWithinActor}).
  */
 export class UserService {
   readonly #storage: Storage;
@@ -101,8 +127,7 @@ export class UserService {
     for (const r of list) {
       if (!isBuiltinRole(r) && !(await db.selectFrom('roles').select('id').where('id', '=', r).executeTakeFirst())) throw new CustosError('validation_failed', `unknown role ${r}`);
     }
-    const granted = await permissionsOf(db, list);
-    const missing = [...granted].filter((p: Permission) => !auth.permissions.has(p));
+    const missing = await permissionsBeyond(db, auth, list);
     if (missing.length > 0) throw new CustosError('forbidden', `cannot grant permissions you do not hold: ${missing.join(', ')}`);
     return list;
   }
@@ -202,10 +227,12 @@ export class UserService {
     return this.#storage.tenant(tenantId).transaction(async (db) => this.#view(db, await this.#reachable(db, auth, userId)));
   }
 
-  async #change(auth: AuthContext, tenantId: string, userId: string, type: string, fn: (db: Kysely<TenantDB>, u: Selectable<UsersTable>) => Promise<Record<string, unknown> | void>): Promise<UserView> {
+  /** One change to user `userId` (`action` names it in a refusal): authorized, in reach, not above the actor ({@link checkTargetWithinActor}), recorded. */
+  async #change(auth: AuthContext, tenantId: string, userId: string, type: string, action: string, fn: (db: Kysely<TenantDB>, u: Selectable<UsersTable>) => Promise<Record<string, unknown> | void>): Promise<UserView> {
     authorize(auth, 'users.manage');
     return this.#storage.tenant(tenantId).transaction(async (db) => {
       const before = await this.#reachable(db, auth, userId);
+      await checkTargetWithinActor(db, auth, userId, action);
       const beforeView = await this.#view(db, before);
       const details = (await fn(db, before)) ?? undefined;
       await db.updateTable('users').set({ updated_at: this.#clock.now() }).where('id', '=', userId).execute();
@@ -216,7 +243,7 @@ export class UserService {
   }
 
   update(auth: AuthContext, tenantId: string, userId: string, input: { email?: string; fullName?: string | null }): Promise<UserView> {
-    return this.#change(auth, tenantId, userId, 'iam.user.update', async (db) => {
+    return this.#change(auth, tenantId, userId, 'iam.user.update', 'change', async (db) => {
       const set: { email?: string; full_name?: string | null } = {};
       if (input.email !== undefined) set.email = checkEmail(input.email);
       if (input.fullName !== undefined) set.full_name = input.fullName === null ? null : String(input.fullName).slice(0, 200);
@@ -227,7 +254,7 @@ export class UserService {
   /** Replaces a user's roles; each added role is its own `iam.user.role.grant` event (alertable). */
   async setRoles(auth: AuthContext, tenantId: string, userId: string, roles: unknown): Promise<UserView> {
     if (userId === auth.userId) throw new CustosError('forbidden', 'you cannot change your own roles');
-    return this.#change(auth, tenantId, userId, 'iam.user.roles', async (db, u) => {
+    return this.#change(auth, tenantId, userId, 'iam.user.roles', 'change the roles of', async (db, u) => {
       const list = await this.#checkRoles(db, auth, roles);
       const current = (await db.selectFrom('user_roles').select('role').where('user_id', '=', userId).execute()).map((r) => r.role);
       // Removing roles the actor could not grant is escalation's mirror image: refused too.
@@ -244,7 +271,7 @@ export class UserService {
 
   /** Replaces a user's organizations within the actor's reach; memberships in organizations the actor cannot reach stay. */
   setOrgs(auth: AuthContext, tenantId: string, userId: string, orgIds: unknown): Promise<UserView> {
-    return this.#change(auth, tenantId, userId, 'iam.user.orgs', async (db) => {
+    return this.#change(auth, tenantId, userId, 'iam.user.orgs', 'change the organizations of', async (db) => {
       const list = await this.#checkOrgs(db, auth, orgIds);
       const current = (await db.selectFrom('user_orgs').select('org_id').where('user_id', '=', userId).execute()).map((r) => r.org_id);
       const kept = auth.reachableOrgs === null ? [] : current.filter((o) => !auth.reachableOrgs!.has(o));
@@ -257,7 +284,7 @@ export class UserService {
   /** Suspends a user: every session and token ends at once; sign-in fails until reactivated. */
   suspend(auth: AuthContext, tenantId: string, userId: string): Promise<UserView> {
     if (userId === auth.userId) return Promise.reject(new CustosError('forbidden', 'you cannot suspend yourself'));
-    return this.#change(auth, tenantId, userId, 'iam.user.suspend', async (db) => {
+    return this.#change(auth, tenantId, userId, 'iam.user.suspend', 'suspend', async (db) => {
       await db.updateTable('users').set({ status: 'suspended' }).where('id', '=', userId).execute();
       const ended = await this.#sessions.endForUser(db, userId);
       await db.deleteFrom('login_flows').where('user_id', '=', userId).execute();
@@ -266,13 +293,13 @@ export class UserService {
   }
 
   activate(auth: AuthContext, tenantId: string, userId: string): Promise<UserView> {
-    return this.#change(auth, tenantId, userId, 'iam.user.activate', async (db) => {
+    return this.#change(auth, tenantId, userId, 'iam.user.activate', 'activate', async (db) => {
       await db.updateTable('users').set({ status: 'active' }).where('id', '=', userId).execute();
     });
   }
 
   unlock(auth: AuthContext, tenantId: string, userId: string): Promise<UserView> {
-    return this.#change(auth, tenantId, userId, 'iam.user.unlock', async (db) => {
+    return this.#change(auth, tenantId, userId, 'iam.user.unlock', 'unlock', async (db) => {
       await db.updateTable('users').set({ locked_until: null, failed_attempts: 0 }).where('id', '=', userId).execute();
     });
   }
@@ -282,6 +309,8 @@ export class UserService {
     authorize(auth, 'users.manage');
     await this.#storage.tenant(tenant.id).transaction(async (db) => {
       await this.#reachable(db, auth, userId);
+      // The link goes to the user's address: only for users whose permissions the actor holds (see update).
+      await checkTargetWithinActor(db, auth, userId, 'reset the password of');
       await this.#login.sendResetLink(db, tenant, userId, auth);
     });
   }

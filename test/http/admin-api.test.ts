@@ -185,6 +185,129 @@ describeEachStorage('tenant admin API', (kind) => {
       expect((await asAdmin('GET', '/users')).json().users.some((u: { username: string }) => u.username === 'mole')).toBe(false);
     });
 
+    describe('least privilege on the target: an administrator with users.manage cannot act on a user holding permissions it lacks', () => {
+      // Like the Helpdesk above: users.manage without account administration. Viewers are within its permissions; Account Administrators and Marketers (lists.write) are not.
+      let helpdesk: SignedIn & { id: string };
+      const fingerprint = (n: number) => n.toString(16).padStart(2, '0').repeat(32);
+      const resetMails = async (to: string) => (await rt.mail.list(tenant.tenantId, { kind: 'auth.password-reset', limit: 1000 })).filter((m) => m.to === to).length;
+      const resetRows = (userId: string) => rt.storage.tenant(tenant.tenantId).transaction(async (db) => (await db.selectFrom('password_resets').select('user_id').where('user_id', '=', userId).execute()).length);
+      const lock = (userId: string) => rt.storage.tenant(tenant.tenantId).transaction((db) => db.updateTable('users').set({ locked_until: clock.now() + 3600_000, failed_attempts: 5 }).where('id', '=', userId).execute());
+      /** A user created by the tenant's administrator (not signed in). */
+      async function target(username: string, roles: string[], kind: 'console' | 'api' = 'console'): Promise<{ id: string; email: string }> {
+        const email = `${username}@adminco.example`;
+        const res = await asAdmin('POST', '/users', { username, email, fullName: `${username} Person`, kind, roles });
+        expect(res.statusCode, res.body).toBe(201);
+        return { id: res.json().id as string, email };
+      }
+      /** Successful events the helpdesk caused on a user. */
+      const helpdeskEventsOn = async (userId: string) => (await types(tenant.tenantId, 1000)).filter((e) => e.resource?.id === userId && e.principal.id === helpdesk.userId && e.outcome === 'success').map((e) => e.type);
+
+      beforeAll(async () => {
+        const role = await asAdmin('POST', '/roles', { name: 'Helpdesk (targets)', permissions: ['users.read', 'users.manage', 'lists.read'] });
+        expect(role.statusCode, role.body).toBe(201);
+        helpdesk = await userWith('helpdesk-t', [role.json().id]);
+      });
+
+      it("refuses registering (or removing) a client certificate for an Account Administrator API user: 403, nothing registered, the administrator's own credential stays", async () => {
+        const boss = await target('boss-api', ['account-administrator'], 'api');
+        expectProblem(await call(helpdesk, 'POST', `/users/${boss.id}/credentials`, { kind: 'fingerprint', name: 'takeover', fingerprint: fingerprint(1) }), 403, 'forbidden');
+        expect((await asAdmin('GET', `/users/${boss.id}/credentials`)).json().credentials).toEqual([]);
+        const real = await asAdmin('POST', `/users/${boss.id}/credentials`, { kind: 'fingerprint', name: 'real', fingerprint: fingerprint(2) });
+        expect(real.statusCode, real.body).toBe(201);
+        expectProblem(await call(helpdesk, 'DELETE', `/users/${boss.id}/credentials/${real.json().id}`), 403, 'forbidden');
+        expect((await asAdmin('GET', `/users/${boss.id}/credentials`)).json().credentials.map((c: { name: string }) => c.name)).toEqual(['real']);
+        expect(await helpdeskEventsOn(boss.id)).toEqual([]);
+      });
+
+      it("refuses changing an Account Administrator's email address or name: 403, both unchanged", async () => {
+        const boss = await target('boss-mail', ['account-administrator']);
+        expectProblem(await call(helpdesk, 'PATCH', `/users/${boss.id}`, { email: 'attacker@evil.example' }), 403, 'forbidden');
+        expectProblem(await call(helpdesk, 'PATCH', `/users/${boss.id}`, { fullName: 'Taken over' }), 403, 'forbidden');
+        expect((await asAdmin('GET', `/users/${boss.id}`)).json()).toMatchObject({ email: boss.email, fullName: 'boss-mail Person' });
+        expect(await helpdeskEventsOn(boss.id)).toEqual([]);
+      });
+
+      it('refuses mailing an Account Administrator a password reset: 403, no reset link made or mailed', async () => {
+        const boss = await target('boss-reset', ['account-administrator']);
+        expectProblem(await call(helpdesk, 'POST', `/users/${boss.id}/password-reset`), 403, 'forbidden');
+        expect(await resetMails(boss.email)).toBe(0);
+        expect(await resetMails('attacker@evil.example')).toBe(0);
+        expect(await resetRows(boss.id)).toBe(0);
+        expect(await helpdeskEventsOn(boss.id)).toEqual([]);
+      });
+
+      it('refuses suspending an Account Administrator: 403, still active', async () => {
+        const boss = await target('boss-active', ['account-administrator']);
+        expectProblem(await call(helpdesk, 'POST', `/users/${boss.id}/suspend`), 403, 'forbidden');
+        expect((await asAdmin('GET', `/users/${boss.id}`)).json().status).toBe('active');
+        expect(await helpdeskEventsOn(boss.id)).toEqual([]);
+      });
+
+      it('refuses activating a suspended Account Administrator: 403, still suspended', async () => {
+        const boss = await target('boss-suspended', ['account-administrator']);
+        expect((await asAdmin('POST', `/users/${boss.id}/suspend`)).json().status).toBe('suspended');
+        expectProblem(await call(helpdesk, 'POST', `/users/${boss.id}/activate`), 403, 'forbidden');
+        expect((await asAdmin('GET', `/users/${boss.id}`)).json().status).toBe('suspended');
+        expect(await helpdeskEventsOn(boss.id)).toEqual([]);
+      });
+
+      it('refuses unlocking a locked-out Account Administrator (the lockout guards its password): 403, still locked', async () => {
+        const boss = await target('boss-locked', ['account-administrator']);
+        await lock(boss.id);
+        expectProblem(await call(helpdesk, 'POST', `/users/${boss.id}/unlock`), 403, 'forbidden');
+        expect((await asAdmin('GET', `/users/${boss.id}`)).json()).toMatchObject({ status: 'active', locked: true });
+        expect(await helpdeskEventsOn(boss.id)).toEqual([]);
+      });
+
+      it("refuses changing an Account Administrator's organizations: 403, unchanged", async () => {
+        const boss = await target('boss-orgs', ['account-administrator']);
+        const org = (await asAdmin('POST', '/orgs', { name: 'Boss org' })).json();
+        const inOrg = await asAdmin('PUT', `/users/${boss.id}/orgs`, { orgIds: [org.id] });
+        expect(inOrg.statusCode, inOrg.body).toBe(200);
+        expectProblem(await call(helpdesk, 'PUT', `/users/${boss.id}/orgs`, { orgIds: [] }), 403, 'forbidden');
+        expect((await asAdmin('GET', `/users/${boss.id}`)).json().orgIds).toEqual([org.id]);
+        expect(await helpdeskEventsOn(boss.id)).toEqual([]);
+      });
+
+      it("refuses the same for any role with a permission the actor lacks, not only Account Administrator (a Marketer's lists.write)", async () => {
+        const marketer = await target('marketer-t', ['marketer']);
+        expectProblem(await call(helpdesk, 'POST', `/users/${marketer.id}/suspend`), 403, 'forbidden');
+        expectProblem(await call(helpdesk, 'PATCH', `/users/${marketer.id}`, { email: 'attacker@evil.example' }), 403, 'forbidden');
+        expectProblem(await call(helpdesk, 'POST', `/users/${marketer.id}/password-reset`), 403, 'forbidden');
+        expect((await asAdmin('GET', `/users/${marketer.id}`)).json()).toMatchObject({ status: 'active', email: marketer.email });
+        expect(await resetMails(marketer.email)).toBe(0);
+        expect(await helpdeskEventsOn(marketer.id)).toEqual([]);
+      });
+
+      it('still lets the same administrator do all of this to users within its own permissions (a Viewer, a user without roles)', async () => {
+        const viewer = await target('viewer-t', ['viewer']);
+        const changed = await call(helpdesk, 'PATCH', `/users/${viewer.id}`, { email: 'viewer-t-new@adminco.example', fullName: 'Viewer Renamed' });
+        expect(changed.statusCode, changed.body).toBe(200);
+        expect(changed.json()).toMatchObject({ email: 'viewer-t-new@adminco.example', fullName: 'Viewer Renamed' });
+        const reset = await call(helpdesk, 'POST', `/users/${viewer.id}/password-reset`);
+        expect(reset.statusCode, reset.body).toBe(202);
+        expect(await resetMails('viewer-t-new@adminco.example')).toBe(1);
+        expect((await call(helpdesk, 'POST', `/users/${viewer.id}/suspend`)).json().status).toBe('suspended');
+        expect((await call(helpdesk, 'POST', `/users/${viewer.id}/activate`)).json().status).toBe('active');
+        await lock(viewer.id);
+        expect((await call(helpdesk, 'POST', `/users/${viewer.id}/unlock`)).json()).toMatchObject({ locked: false, lockedUntil: null });
+        const org = (await asAdmin('POST', '/orgs', { name: 'Viewer org' })).json();
+        expect((await call(helpdesk, 'PUT', `/users/${viewer.id}/orgs`, { orgIds: [org.id] })).json().orgIds).toEqual([org.id]);
+
+        const robot = await target('viewer-api-t', ['viewer'], 'api');
+        const added = await call(helpdesk, 'POST', `/users/${robot.id}/credentials`, { kind: 'fingerprint', name: 'robot', fingerprint: fingerprint(3) });
+        expect(added.statusCode, added.body).toBe(201);
+        expect((await asAdmin('GET', `/users/${robot.id}/credentials`)).json().credentials.map((c: { id: string }) => c.id)).toEqual([added.json().id]);
+        expect((await call(helpdesk, 'DELETE', `/users/${robot.id}/credentials/${added.json().id}`)).statusCode).toBe(204);
+
+        const plain = await target('plain-t', []);
+        expect((await call(helpdesk, 'POST', `/users/${plain.id}/suspend`)).json().status).toBe('suspended');
+
+        expect(await helpdeskEventsOn(viewer.id)).toEqual(expect.arrayContaining(['iam.user.update', 'auth.password.reset.request', 'iam.user.suspend', 'iam.user.activate', 'iam.user.unlock', 'iam.user.orgs']));
+        expect(await helpdeskEventsOn(robot.id)).toEqual(expect.arrayContaining(['iam.user.credential.add', 'iam.user.credential.remove']));
+      });
+    });
+
     it('under organizational access control, shows an administrator only the users of its organizations (and unassigned ones)', async () => {
       const east = (await asAdmin('POST', '/orgs', { name: 'East' })).json();
       const west = (await asAdmin('POST', '/orgs', { name: 'West' })).json();
