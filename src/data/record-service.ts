@@ -128,6 +128,8 @@ interface Item {
   values: Map<string, unknown>;
   mode: 'merge' | 'replace';
   presetHashes?: { sha256?: string; md5?: string } | undefined;
+  /** Matched by an oHash: the stored email and oHashes are kept whatever the mode (see `#write`). */
+  byOHash?: boolean | undefined;
   /** A new record's id, when it was given one outside the write transaction (with {@link Item.ahead}). */
   id?: string | undefined;
   /** A new record encoded outside the write transaction (by {@link RecordService.merge}). */
@@ -305,7 +307,10 @@ export class RecordService {
       errors.push(lineError(line, 'an oHash match key cannot update EMAIL_ADDRESS_', EMAIL));
       ok = false;
     }
-    if (opts.matchKey && !Object.hasOwn(input, opts.matchKey)) {
+    // A match key given as null or blank text names no record: grouped and matched by its text, every such line would
+    // fold into one record (or update a stored record whose key is the text "null"). (A value that failed its check
+    // is reported above, and is not in `values`.)
+    if (opts.matchKey && (!Object.hasOwn(input, opts.matchKey) || (values.has(opts.matchKey) && isBlank(values.get(opts.matchKey))))) {
       errors.push(lineError(line, 'the match key is missing', opts.matchKey));
       ok = false;
     }
@@ -336,20 +341,28 @@ export class RecordService {
     const times = { created: now, updated: now };
     const errors: BatchErrors = { required: [], claims: [], customer: [], email: [], unique: [] };
 
-    // The record after the write: a merge keeps the stored values of the fields it does not name
-    // (and the oHashes of a record that has no email); a replace keeps nothing.
+    // The record after the write: a merge keeps the stored values of the fields it does not name; a replace keeps
+    // nothing, except when it matched by an oHash. An oHash names the record by its email without giving the email
+    // (the caller may not know it, and may not change it: `#check`), so the email is not the caller's to clear
+    // either: a replace by an oHash keeps the stored email and both oHashes, and replaces the other fields. (Refusing
+    // the combination instead would leave no way to replace a record's fields by its oHash; keeping is sound because
+    // the record stays the one the oHash named, found by it, by the other oHash and by its email as before.)
+    // The oHashes of a record stored without an email (given as a match key) are kept while the write does not touch
+    // the email; a write that sets the email computes them from it, and one that clears it clears them: the old
+    // email's oHashes must not keep naming the record.
     const planned: Planned[] = items.map((item, at) => {
       let values = item.values;
       let hashes = item.presetHashes;
-      if (item.target && item.mode === 'merge') {
+      const keepsIdentity = item.mode === 'replace' && item.byOHash === true;
+      if (item.target && (item.mode === 'merge' || keepsIdentity)) {
         const stored = decodeRecord(keys, list.fields, item.target);
         values = new Map();
         for (const f of list.fields) {
           if (f.computed) continue;
-          const v = item.values.has(f.name) ? item.values.get(f.name) : stored.get(f.name);
+          const v = item.values.has(f.name) ? item.values.get(f.name) : item.mode === 'merge' || f.name === EMAIL ? stored.get(f.name) : undefined;
           if (v !== null && v !== undefined) values.set(f.name, v);
         }
-        if (!values.has(EMAIL)) hashes = { sha256: hashes?.sha256 ?? item.target.email_sha256 ?? undefined, md5: hashes?.md5 ?? item.target.email_md5 ?? undefined };
+        if (!item.values.has(EMAIL) && !values.has(EMAIL)) hashes = { sha256: hashes?.sha256 ?? item.target.email_sha256 ?? undefined, md5: hashes?.md5 ?? item.target.email_md5 ?? undefined };
       }
       for (const f of list.fields) {
         if (!f.required) continue;
@@ -634,7 +647,16 @@ export class RecordService {
           if (target) for (const line of g.lines) ids[line - first] = target.id;
           continue;
         }
-        const item: Item = { line: g.lines[0]!, target, values: g.values, mode: target ? (update === 'replace' ? 'replace' : 'merge') : 'replace', presetHashes: g.presetHashes, id: target ? undefined : g.id, ahead: target ? undefined : g.ahead };
+        const item: Item = {
+          line: g.lines[0]!,
+          target,
+          values: g.values,
+          mode: target ? (update === 'replace' ? 'replace' : 'merge') : 'replace',
+          presetHashes: g.presetHashes,
+          byOHash: opts.matchKey === SHA256 || opts.matchKey === MD5,
+          id: target ? undefined : g.id,
+          ahead: target ? undefined : g.ahead,
+        };
         items.push(item);
         for (const line of g.lines) itemOf[line - first] = item;
       }
@@ -900,26 +922,42 @@ export class RecordService {
    * `limit`: refuse (422 `export_limit_exceeded`) when the list holds more
    * records — console exports pass 5,000; the API passes none. The export is
    * recorded with its record count and whether personal data was in clear.
+   * A list whose data cannot be read (the tenant's key disabled or destroyed)
+   * is refused here, before the export is recorded as a success and before
+   * the caller has a line to send: a refusal found while the lines stream
+   * would come after the answer's status and first bytes.
    */
   async export(auth: AuthContext, tenantId: string, listId: string, format: 'csv' | 'jsonl', opts: { limit?: number; via: string }): Promise<{ count: number; lines: AsyncIterable<string>; fields: string[] }> {
     const { list, count } = await this.#storage.tenant(tenantId).transaction(async (db) => {
       const l = await this.#lists.load(db, auth, listId, 'lists.read');
       authorize(auth, 'data.export', { orgId: l.row.org_id });
+      const resource = { type: 'list', id: listId, name: l.row.name };
+      try {
+        await this.#keys.objectKeysForRead(db, tenantId, LIST_OBJECT, listId);
+      } catch (err) {
+        const code = (err as CustosError).code;
+        if (code !== 'key_disabled' && code !== 'key_destroyed') throw err;
+        // Recorded as the export limit's refusal is: the attempt shows in the activity stream, with why it was refused.
+        await this.#audit.append(db, tenantId, { type: 'data.export', outcome: 'denied', code, actor: auth, resource, details: { format, via: opts.via } });
+        return { list: l, count: 0, refused: code };
+      }
       const n = Number((await db.selectFrom('records').select((eb) => eb.fn.countAll<number>().as('n')).where('list_key', '=', l.row.key).executeTakeFirstOrThrow()).n);
       if (opts.limit !== undefined && n > opts.limit) {
-        await this.#audit.append(db, tenantId, { type: 'data.export', outcome: 'denied', code: 'export_limit_exceeded', actor: auth, resource: { type: 'list', id: listId, name: l.row.name }, details: { records: n, limit: opts.limit, via: opts.via } });
-        return { list: l, count: n, refused: true };
+        await this.#audit.append(db, tenantId, { type: 'data.export', outcome: 'denied', code: 'export_limit_exceeded', actor: auth, resource, details: { records: n, limit: opts.limit, via: opts.via } });
+        return { list: l, count: n, refused: 'export_limit_exceeded' as const };
       }
       await this.#audit.append(db, tenantId, {
         type: 'data.export',
         outcome: 'success',
         actor: auth,
-        resource: { type: 'list', id: listId, name: l.row.name },
+        resource,
         details: { records: n, format, piiClear: this.#hasPii(l) && can(auth, 'data.pii.view'), via: opts.via },
       });
-      return { list: l, count: n, refused: false };
+      return { list: l, count: n, refused: null };
     }).then((r) => {
-      if (r.refused) {
+      // Thrown once the refusal's event is committed (thrown inside, it would roll back with the transaction).
+      if (r.refused === 'key_disabled' || r.refused === 'key_destroyed') throw new CustosError(r.refused);
+      if (r.refused === 'export_limit_exceeded') {
         throw new CustosError('export_limit_exceeded', `console exports are limited to ${opts.limit} records and this list holds ${r.count}; use the REST API with a bearer token (GET /api/v1/lists/${listId}/export) or a bulk-transfer connection`, {
           extensions: { limit: opts.limit, records: r.count },
         });
@@ -935,10 +973,13 @@ export class RecordService {
    * rendered (decrypted, redacted, formatted) by the data workers'
    * worker threads while this thread reads the next pages and writes the
    * finished ones: up to one page per thread plus one in flight, so memory
-   * stays constant and lines keep their order.
+   * stays constant and lines keep their order. The CSV header leaves with
+   * the first page (or alone, for an empty list): a first page that cannot
+   * be read (the key disabled since `export` checked it) then fails the
+   * answer before any byte of it is sent.
    */
   async *#lines(auth: AuthContext, tenantId: string, list: LoadedList, format: 'csv' | 'jsonl', fields: string[]): AsyncIterable<string> {
-    if (format === 'csv') yield csvHeader(fields);
+    let header = format === 'csv' ? csvHeader(fields) : '';
     const shape: ExportShape = { defs: fields.map((name) => list.fields.find((f) => f.name === name)!), clear: can(auth, 'data.pii.view'), format };
     const store = this.#storage.tenant(tenantId);
     const protectedHex = this.#adapter.blobHex('protected');
@@ -981,8 +1022,13 @@ export class RecordService {
         queue.push(rendered);
       }
       const next = queue.shift();
-      if (next === undefined) return;
-      yield await next;
+      if (next === undefined) {
+        if (header !== '') yield header;
+        return;
+      }
+      const text = await next;
+      yield header + text;
+      header = '';
     }
   }
 
@@ -1035,6 +1081,11 @@ export class RecordService {
       },
   };
   }
+}
+
+/** A value that names nothing: absent, null, or text with nothing but white space. */
+function isBlank(value: unknown): boolean {
+  return value === null || value === undefined || (typeof value === 'string' && value.trim() === '');
 }
 
 function checkHash(raw: unknown, hexLength: number): string {
