@@ -822,8 +822,14 @@ export class RecordService {
     return view;
   }
 
+  /**
+   * Changes one record and answers it as stored, every field included: the
+   * stored personal data the request did not name leaves in clear for a
+   * principal with `data.pii.view`, so the answer is recorded as a read of it
+   * (`data.pii.read`), as {@link RecordService.get} is.
+   */
   async update(auth: AuthContext, tenantId: string, listId: string, recordId: string, input: unknown, mode: 'merge' | 'replace' = 'merge'): Promise<RecordView> {
-    const { view, foldDue } = await this.#storage.tenant(tenantId).transaction(async (db) => {
+    const { view, foldDue, list } = await this.#storage.tenant(tenantId).transaction(async (db) => {
       await this.#lists.lockForWrite(db, listId);
       const list = await this.#lists.load(db, auth, listId, 'lists.write');
       const target = await this.#row(db, list.row.key, recordId);
@@ -834,9 +840,10 @@ export class RecordService {
       const { foldDue } = await this.#write(db, tenantId, list, keys, [{ line: 1, target, values, mode }]);
       const row = await this.#row(db, list.row.key, recordId);
       await this.#audit.append(db, tenantId, { type: 'records.update', outcome: 'success', actor: auth, resource: { type: 'record', id: recordId, name: list.row.name }, details: { fields: [...values.keys()] } });
-      return { view: this.#render(auth, list, row, decodeRecord(keys, list.fields, row)), foldDue };
+      return { view: this.#render(auth, list, row, decodeRecord(keys, list.fields, row)), foldDue, list };
     });
     if (foldDue) await this.#foldKeys(tenantId);
+    await this.#recordPiiRead(auth, tenantId, list, 1);
     return view;
   }
 
