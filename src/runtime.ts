@@ -103,7 +103,7 @@ export async function openRuntime(config: Config, opts: OpenRuntimeOptions): Pro
     const mfa = new Mfa({ secrets, clock });
     const login = new LoginService({ storage, clock, audit, mail, settings: securitySettings, sessions, mfa, publicUrl: config.publicUrl });
     const users = new UserService({ storage, clock, audit, mail, sessions, login, mfa });
-    const account = new AccountService({ storage, audit, mfa, sessions });
+    const account = new AccountService({ storage, audit, mfa, sessions, login });
     const lists = new ListService({ storage, clock, keys, audit });
     const dataWorkers = new DataWorkers({ threads: config.dataThreads });
     const records = new RecordService({ storage, clock, keys, audit, lists, logger: opts.logger, workers: dataWorkers });

@@ -1,9 +1,11 @@
+import type { Kysely } from 'kysely';
 import type { AuditService } from '../audit/audit-service.js';
 import { rfc3339 } from '../core/clock.js';
 import { CustosError } from '../core/errors.js';
-import { verifyPassword } from '../crypto/password-hash.js';
+import type { TenantDB } from '../storage/schema.js';
 import type { Storage } from '../storage/storage.js';
 import type { AuthContext } from './authorize.js';
+import type { LoginService } from './login-service.js';
 import type { Mfa } from './mfa.js';
 import type { SessionService } from './session-service.js';
 
@@ -28,12 +30,19 @@ export class AccountService {
   readonly #audit: AuditService;
   readonly #mfa: Mfa;
   readonly #sessions: SessionService;
+  readonly #login: LoginService;
 
-  constructor(deps: { storage: Storage; audit: AuditService; mfa: Mfa; sessions: SessionService }) {
+  /**
+   * `login` checks re-entered passwords: a wrong one counts toward the
+   * account's lockout (a stolen session must not guess the password without
+   * limit), and a locked account is refused.
+   */
+  constructor(deps: { storage: Storage; audit: AuditService; mfa: Mfa; sessions: SessionService; login: LoginService }) {
     this.#storage = deps.storage;
     this.#audit = deps.audit;
     this.#mfa = deps.mfa;
     this.#sessions = deps.sessions;
+    this.#login = deps.login;
   }
 
   async me(auth: AuthContext, tenantName: string): Promise<MeView> {
@@ -57,16 +66,15 @@ export class AccountService {
     });
   }
 
-  async #checkPassword(auth: AuthContext, password: string): Promise<void> {
-    const u = await this.#storage.tenant(auth.tenantId).transaction((db) => db.selectFrom('users').select('password_hash').where('id', '=', auth.userId).executeTakeFirstOrThrow());
-    if (!u.password_hash || !(await verifyPassword(u.password_hash, password))) throw new CustosError('invalid_credentials');
+  /** Runs `fn` in a write transaction once `password` is confirmed as the user's current one (see the constructor). */
+  #reauthenticated<T>(auth: AuthContext, password: string, eventType: string, fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
+    return this.#login.reauthenticated(auth, password, eventType, fn);
   }
 
   /** Starts TOTP enrollment (or replaces an unconfirmed one). Re-authentication is required when MFA is already on. */
   async beginTotp(auth: AuthContext, tenantName: string, password: string): Promise<{ secret: string; otpauthUri: string }> {
     if (auth.kind !== 'console') throw new CustosError('forbidden', 'MFA is for console users');
-    await this.#checkPassword(auth, password);
-    return this.#storage.tenant(auth.tenantId).transaction(async (db) => {
+    return this.#reauthenticated(auth, password, 'iam.mfa.enroll', async (db) => {
       if (await this.#mfa.isEnrolled(db, auth.userId)) throw new CustosError('conflict', 'MFA is already enabled; disable it first to enroll a new authenticator');
       return this.#mfa.beginEnrollment(db, auth.tenantId, auth.userId, `${tenantName}:${auth.username}`);
     });
@@ -85,8 +93,7 @@ export class AccountService {
   }
 
   async disableMfa(auth: AuthContext, password: string, endOtherSessions: boolean): Promise<{ endedSessions: number }> {
-    await this.#checkPassword(auth, password);
-    return this.#storage.tenant(auth.tenantId).transaction(async (db) => {
+    return this.#reauthenticated(auth, password, 'iam.mfa.disable', async (db) => {
       await this.#mfa.disable(db, auth.userId);
       const ended = endOtherSessions ? await this.#sessions.endForUser(db, auth.userId, { except: auth.credentialPublicId }) : 0;
       await this.#audit.append(db, auth.tenantId, { type: 'iam.mfa.disable', outcome: 'success', actor: auth, resource: { type: 'user', id: auth.userId, name: auth.username } });
@@ -95,8 +102,7 @@ export class AccountService {
   }
 
   async regenerateRecoveryCodes(auth: AuthContext, password: string): Promise<string[]> {
-    await this.#checkPassword(auth, password);
-    return this.#storage.tenant(auth.tenantId).transaction(async (db) => {
+    return this.#reauthenticated(auth, password, 'iam.mfa.recovery-codes', async (db) => {
       if (!(await this.#mfa.isEnrolled(db, auth.userId))) throw new CustosError('conflict', 'MFA is not enabled');
       const codes = await this.#mfa.newRecoveryCodes(db, auth.userId);
       await this.#audit.append(db, auth.tenantId, { type: 'iam.mfa.recovery-codes', outcome: 'success', actor: auth, resource: { type: 'user', id: auth.userId, name: auth.username } });

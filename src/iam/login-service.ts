@@ -24,7 +24,7 @@ import {
 } from './credentials.js';
 import { loginThrottle } from './login-throttle.js';
 import type { Mfa } from './mfa.js';
-import { checkPassword } from './password-policy.js';
+import { checkPassword, isWellFormedPassword } from './password-policy.js';
 import type { SecuritySettings, SecuritySettingsStore } from './security-settings.js';
 import type { IssuedSession, SessionService, UserRow } from './session-service.js';
 
@@ -63,6 +63,16 @@ function codeHash(flowHash: Buffer, code: string): Buffer {
 
 function isLocked(user: UserRow, now: number): boolean {
   return user.locked_until !== null && user.locked_until > now;
+}
+
+/**
+ * Verifies a presented password against a stored hash, in the time of one
+ * argon2id verification whatever the outcome. A password that is not
+ * well-formed Unicode never matches: it was never set (the policy refuses
+ * it), and its unpaired surrogates would hash as U+FFFD.
+ */
+async function passwordMatches(hash: string | null | undefined, password: string): Promise<boolean> {
+  return hash && isWellFormedPassword(password) ? verifyPassword(hash, password) : verifyDummy(password);
 }
 
 /**
@@ -106,7 +116,9 @@ export class LoginService {
    * stream; consecutive wrong passwords lock the account. On success, `then`
    * runs in the same transaction that checked the outcome (one write
    * transaction per sign-in: the user is read without one, before the
-   * password is verified off the event loop).
+   * password is verified off the event loop). That read is only a guess:
+   * the transaction re-reads the user under its row lock, so a correct
+   * password signs in only if the account is unlocked when it commits.
    */
   async #firstFactor<T>(
     tenant: TenantRef,
@@ -131,7 +143,7 @@ export class LoginService {
       await this.#audit.record(tenant.id, { type: eventType, outcome: 'failure', code: 'rate_limited', actor, resource: user ? { type: 'user', id: user.id, name: user.username } : undefined, details: { reason: 'ip_throttled' } });
       throw new CustosError('rate_limited', 'too many failed sign-ins from this address; try again later', { extensions: { retryAfterSeconds: wait } });
     }
-    const matches = user?.password_hash ? await verifyPassword(user.password_hash, password) : await verifyDummy(password);
+    const matches = await passwordMatches(user?.password_hash, password);
     const now = this.#clock.now();
 
     const outcome = await store.transaction(async (db) => {
@@ -143,41 +155,80 @@ export class LoginService {
       if (!user || user.kind !== kind) return fail(user ? 'wrong_user_kind' : 'unknown_user');
       if (user.status !== 'active') return fail('suspended');
       if (!matches) {
-        // The lockout rules as of this transaction (exact); a success uses the settings read above, at most 1 s old.
-        const settings = await this.#settings.inTx(db);
-        // Atomic: concurrent failures across processes each add one; exactly one crosses the threshold.
-        const lockValue = settings.lockout.mode === 'admin' ? LOCKED_UNTIL_ADMIN : now + settings.lockout.durationMinutes * 60_000;
-        const counted = await db
-          .updateTable('users')
-          .set((eb) => ({
-            failed_attempts: eb('failed_attempts', '+', 1),
-            locked_until: eb.case().when('failed_attempts', '>=', settings.lockout.threshold - 1).then(lockValue).else(null).end(),
-            updated_at: now,
-          }))
-          .where('id', '=', user.id)
-          .where((eb) => eb.or([eb('locked_until', 'is', null), eb('locked_until', '<=', now)]))
-          .returning(['failed_attempts', 'locked_until'])
-          .executeTakeFirst();
+        const counted = await this.#countFailure(db, user.id, now);
         if (!counted) return fail('locked');
         await fail('wrong_password');
-        if (counted.locked_until !== null) await this.#onLocked(db, tenant, user, settings, counted.failed_attempts);
+        if (counted.locked) await this.#onLocked(db, tenant, user, counted.settings, counted.attempts);
         return { ok: false as const };
       }
-      if (isLocked(user, now)) return fail('locked');
-      if (user.must_change_password === 1 && user.password_expires_at !== null && user.password_expires_at <= now) return fail('temporary_password_expired');
-      return { ok: true as const, result: await then(db, user, cachedSettings) };
+      // The user as of now, locked until this transaction ends: failures committed while the password was
+      // hashed may have locked the account, and those still running wait for this sign-in (and then count
+      // from its reset). The row read before hashing decides nothing a success does.
+      const current = await this.#lockedUser(db, user.id);
+      if (!current) return fail('unknown_user');
+      if (current.status !== 'active') return fail('suspended');
+      if (isLocked(current, now)) return fail('locked');
+      // Changed meanwhile: the password just verified is no longer this user's.
+      if (current.password_hash !== user.password_hash) return fail('password_changed');
+      if (current.must_change_password === 1 && current.password_expires_at !== null && current.password_expires_at <= now) return fail('temporary_password_expired');
+      return { ok: true as const, result: await then(db, current, cachedSettings) };
     });
     if (!outcome.ok) throw new CustosError('invalid_credentials');
     return outcome.result;
   }
 
-  async #onLocked(db: Kysely<TenantDB>, tenant: TenantRef, user: UserRow, settings: SecuritySettings, attempts: number): Promise<void> {
+  /**
+   * The user's row, locked until the caller's transaction ends: `SELECT … FOR
+   * UPDATE` where several processes write at once (PostgreSQL); SQLite's
+   * write transaction already holds the only write lock. A success checks the
+   * lockout on this row, so no failure can commit a lock between that check
+   * and the success's commit.
+   */
+  async #lockedUser(db: Kysely<TenantDB>, userId: string): Promise<UserRow | undefined> {
+    const q = db.selectFrom('users').selectAll().where('id', '=', userId);
+    return this.#storage.adapter.concurrentWriters ? q.forUpdate().executeTakeFirst() : q.executeTakeFirst();
+  }
+
+  /**
+   * Counts one failure of the user's password or second factor toward the
+   * lockout, in one atomic `UPDATE` under the lockout rules as of this
+   * transaction: concurrent failures across processes each add one, and
+   * exactly one crosses the threshold. The count is of consecutive failures
+   * since the last completed sign-in or the end of the last lock: a lock that
+   * has run out starts it over at 1, or a single wrong password would lock
+   * the account again for the whole period. `undefined` while the account is
+   * locked (nothing is counted).
+   */
+  async #countFailure(db: Kysely<TenantDB>, userId: string, now: number): Promise<{ attempts: number; locked: boolean; settings: SecuritySettings } | undefined> {
+    // Exact rules for a failure; a success uses the settings cached for at most 1 s.
+    const settings = await this.#settings.inTx(db);
+    const lockValue = settings.lockout.mode === 'admin' ? LOCKED_UNTIL_ADMIN : now + settings.lockout.durationMinutes * 60_000;
+    const counted = await db
+      .updateTable('users')
+      .set((eb) => {
+        // The failures before this one: none after a lock that has run out (the only lock the WHERE lets through).
+        const before = eb.case().when('locked_until', 'is', null).then(eb.ref('failed_attempts')).else(0).end();
+        return {
+          failed_attempts: eb(before, '+', 1),
+          locked_until: eb.case().when(eb(before, '>=', settings.lockout.threshold - 1)).then(lockValue).else(null).end(),
+          updated_at: now,
+        };
+      })
+      .where('id', '=', userId)
+      .where((eb) => eb.or([eb('locked_until', 'is', null), eb('locked_until', '<=', now)]))
+      .returning(['failed_attempts', 'locked_until'])
+      .executeTakeFirst();
+    return counted && { attempts: counted.failed_attempts, locked: counted.locked_until !== null, settings };
+  }
+
+  /** Records and mails a lockout; `sessionsEnded` when the lock also ended the user's sessions and tokens. */
+  async #onLocked(db: Kysely<TenantDB>, tenant: TenantRef, user: UserRow, settings: SecuritySettings, attempts: number, sessionsEnded = false): Promise<void> {
     await this.#audit.append(db, tenant.id, {
       type: 'auth.lockout',
       outcome: 'success',
       actor: { principal: { type: 'system', id: 'custos', name: 'Custos' } },
       resource: { type: 'user', id: user.id, name: user.username },
-      details: { failedAttempts: attempts, mode: settings.lockout.mode, minutes: settings.lockout.mode === 'duration' ? settings.lockout.durationMinutes : null },
+      details: { failedAttempts: attempts, mode: settings.lockout.mode, minutes: settings.lockout.mode === 'duration' ? settings.lockout.durationMinutes : null, sessionsEnded },
     });
     await this.#mail.enqueue(db, tenant.id, {
       kind: 'auth.lockout',
@@ -186,6 +237,7 @@ export class LoginService {
       text: [
         `Your account ${user.username} on ${tenant.name} was locked after ${attempts} failed sign-in attempts.`,
         settings.lockout.mode === 'duration' ? `It unlocks by itself after ${settings.lockout.durationMinutes} minutes.` : 'An Account Administrator must unlock it.',
+        ...(sessionsEnded ? ['The last attempts came from a signed-in session or token, so every session and token of the account was ended.'] : []),
         'If these attempts were not yours, tell your administrator.',
       ].join('\n'),
     });
@@ -226,14 +278,18 @@ export class LoginService {
     const now = this.#clock.now();
     if (pending.length === 0) {
       if (flow) await db.deleteFrom('login_flows').where('id_hash', '=', flow.idHash).execute();
-      const session = await this.#sessions.issue(db, tenant.id, user, { authMethod, source });
       // Only a completed password sign-in (every factor passed) resets the failure count: a
-      // certificate sign-in proves nothing about the password someone may be guessing.
-      await db
+      // certificate sign-in proves nothing about the password someone may be guessing. Password
+      // sign-ins hold the user's row lock and saw it unlocked; the condition keeps any success from
+      // clearing a lock it did not see, and refuses the session instead.
+      const signedIn = await db
         .updateTable('users')
         .set(authMethod === 'password' ? { last_login_at: now, failed_attempts: 0, locked_until: null } : { last_login_at: now })
         .where('id', '=', user.id)
-        .execute();
+        .where((eb) => eb.or([eb('locked_until', 'is', null), eb('locked_until', '<=', now)]))
+        .executeTakeFirst();
+      if (Number(signedIn.numUpdatedRows) !== 1) throw new CustosError('invalid_credentials');
+      const session = await this.#sessions.issue(db, tenant.id, user, { authMethod, source });
       await this.#audit.append(db, tenant.id, {
         type: user.kind === 'console' ? 'auth.login.success' : 'auth.token.issue',
         outcome: 'success',
@@ -281,7 +337,8 @@ export class LoginService {
     if (!row || row.expires_at <= this.#clock.now()) throw new CustosError('invalid_code', 'the sign-in has expired; start again');
     const pending = JSON.parse(row.pending) as Challenge[];
     if (pending[0] !== challenge) throw new CustosError('invalid_code', `this sign-in expects ${pending[0] ?? 'nothing'} next`);
-    const user = await db.selectFrom('users').selectAll().where('id', '=', row.user_id).executeTakeFirst();
+    // Locked until the transaction ends: what it decides (a session, a used code) holds when it commits.
+    const user = await this.#lockedUser(db, row.user_id);
     if (!user || user.status !== 'active' || isLocked(user, this.#clock.now())) {
       await db.deleteFrom('login_flows').where('id_hash', '=', idHash).execute();
       throw new CustosError('invalid_code', 'the sign-in cannot continue');
@@ -315,21 +372,45 @@ export class LoginService {
     const store = this.#storage.tenant(tenant.id);
     const result = await store.transaction(async (db) => {
       const flow = await this.#flow(db, tenant, input.flowToken, 'device_verification_required');
-      const row = await db.selectFrom('login_flows').selectAll().where('id_hash', '=', flow.idHash).executeTakeFirstOrThrow();
+      // Read again after the user's lock: a concurrent submission may have used the code or ended the flow.
+      const row = await db.selectFrom('login_flows').selectAll().where('id_hash', '=', flow.idHash).executeTakeFirst();
+      if (!row) return { error: true as const };
       const now = this.#clock.now();
-      const good = typeof input.code === 'string' && /^\d{6}$/.test(input.code) && row.code_hash !== null && row.code_expires_at !== null && row.code_expires_at > now && codeHash(flow.idHash, input.code).equals(row.code_hash);
+      const good =
+        typeof input.code === 'string' &&
+        /^\d{6}$/.test(input.code) &&
+        row.code_hash !== null &&
+        row.code_expires_at !== null &&
+        row.code_expires_at > now &&
+        row.code_attempts < DEVICE_CODE_TRIES &&
+        codeHash(flow.idHash, input.code).equals(row.code_hash);
       const actor = claimant(flow.user, flow.user.username, input.source);
+      const resource = { type: 'user', id: flow.user.id, name: flow.user.username };
       if (!good) {
-        const attempts = row.code_attempts + 1;
-        if (attempts >= DEVICE_CODE_TRIES) await db.deleteFrom('login_flows').where('id_hash', '=', flow.idHash).execute();
-        else await db.updateTable('login_flows').set({ code_attempts: attempts }).where('id_hash', '=', flow.idHash).execute();
-        await this.#audit.append(db, tenant.id, { type: 'auth.device.verify', outcome: 'failure', code: 'invalid_code', actor, resource: { type: 'user', id: flow.user.id, name: flow.user.username }, details: { attempts } });
+        // Atomic, whatever was read: concurrent wrong codes each take one of the tries, and none past the last.
+        const counted = await db
+          .updateTable('login_flows')
+          .set((eb) => ({ code_attempts: eb('code_attempts', '+', 1) }))
+          .where('id_hash', '=', flow.idHash)
+          .where('code_attempts', '<', DEVICE_CODE_TRIES)
+          .returning('code_attempts')
+          .executeTakeFirst();
+        if (!counted || counted.code_attempts >= DEVICE_CODE_TRIES) await db.deleteFrom('login_flows').where('id_hash', '=', flow.idHash).execute();
+        if (counted) await this.#audit.append(db, tenant.id, { type: 'auth.device.verify', outcome: 'failure', code: 'invalid_code', actor, resource, details: { attempts: counted.code_attempts } });
         return { error: true as const };
       }
-      await db.updateTable('login_flows').set({ code_hash: null, code_expires_at: null }).where('id_hash', '=', flow.idHash).execute();
+      // Single use, whatever was read: only the submission that clears this code goes on.
+      const used = await db
+        .updateTable('login_flows')
+        .set({ code_hash: null, code_expires_at: null })
+        .where('id_hash', '=', flow.idHash)
+        .where('code_hash', '=', row.code_hash)
+        .where('code_attempts', '<', DEVICE_CODE_TRIES)
+        .executeTakeFirst();
+      if (Number(used.numUpdatedRows) !== 1) return { error: true as const };
       const device = newCredential(tenant.id);
       await db.insertInto('devices').values({ id_hash: device.hash, user_id: flow.user.id, created_at: now, last_used_at: now, expires_at: now + DEVICE_MAX_MS, user_agent: input.source?.userAgent?.slice(0, 300) ?? null }).execute();
-      await this.#audit.append(db, tenant.id, { type: 'auth.device.verify', outcome: 'success', actor, resource: { type: 'user', id: flow.user.id, name: flow.user.username } });
+      await this.#audit.append(db, tenant.id, { type: 'auth.device.verify', outcome: 'success', actor, resource });
       const next = await this.#advance(db, tenant, flow.user, flow.pending.slice(1), { idHash: flow.idHash, token: input.flowToken }, input.source, 'password');
       return { error: false as const, result: { ...next, deviceToken: device.token } };
     });
@@ -341,7 +422,7 @@ export class LoginService {
   async changePasswordInFlow(tenant: TenantRef, input: { flowToken: string; currentPassword: string; newPassword: string; source?: Source }): Promise<SignInResult> {
     const store = this.#storage.tenant(tenant.id);
     const { user } = await store.transaction(async (db) => this.#flow(db, tenant, input.flowToken, 'password_change_required'));
-    if (!user.password_hash || !(await verifyPassword(user.password_hash, input.currentPassword))) {
+    if (!(await passwordMatches(user.password_hash, input.currentPassword))) {
       await this.#audit.record(tenant.id, { type: 'iam.password.change', outcome: 'failure', code: 'invalid_credentials', actor: claimant(user, user.username, input.source), resource: { type: 'user', id: user.id, name: user.username } });
       throw new CustosError('invalid_credentials');
     }
@@ -401,22 +482,87 @@ export class LoginService {
     await this.#storage.tenant(tenant.id).transaction(async (db) => {
       const row = await db.selectFrom('login_flows').select('user_id').where('id_hash', '=', hashSecret(cred.secret)).executeTakeFirst();
       if (!row) return;
-      const settings = await this.#settings.inTx(db);
-      const now = this.#clock.now();
-      const lockValue = settings.lockout.mode === 'admin' ? LOCKED_UNTIL_ADMIN : now + settings.lockout.durationMinutes * 60_000;
-      const counted = await db
-        .updateTable('users')
-        .set((eb) => ({ failed_attempts: eb('failed_attempts', '+', 1), locked_until: eb.case().when('failed_attempts', '>=', settings.lockout.threshold - 1).then(lockValue).else(null).end() }))
-        .where('id', '=', row.user_id)
-        .where((eb) => eb.or([eb('locked_until', 'is', null), eb('locked_until', '<=', now)]))
-        .returning(['failed_attempts', 'locked_until'])
-        .executeTakeFirst();
-      if (counted !== undefined && counted.locked_until !== null) {
+      const counted = await this.#countFailure(db, row.user_id, this.#clock.now());
+      if (counted?.locked) {
         const user = await db.selectFrom('users').selectAll().where('id', '=', row.user_id).executeTakeFirstOrThrow();
         await db.deleteFrom('login_flows').where('user_id', '=', row.user_id).execute();
-        await this.#onLocked(db, tenant, user, settings, counted.failed_attempts);
+        await this.#onLocked(db, tenant, user, counted.settings, counted.attempts);
       }
     });
+  }
+
+  // --- re-authentication ----------------------------------------------------------------
+
+  /**
+   * Checks a signed-in user's current password before a change to their own
+   * account (password, sessions, MFA). A wrong password counts toward the
+   * lockout exactly as a failed sign-in does (the same counter and rules,
+   * the same mail and `auth.lockout` event), or a stolen session or token
+   * would be an unlimited password oracle; the lock it completes ends every
+   * session and token of the user, as suspension does, the stolen one
+   * included. While the account is locked the correct password is refused
+   * too. Every refusal is the same `invalid_credentials`, recorded as a
+   * failure of `eventType` with its reason. Returns the user as read before
+   * the verification: the change itself runs in {@link #whileUnlocked}.
+   */
+  async #verifyCurrentPassword(auth: AuthContext, password: string, eventType: string): Promise<UserRow> {
+    const store = this.#storage.tenant(auth.tenantId);
+    const user = await store.read((db) => db.selectFrom('users').selectAll().where('id', '=', auth.userId).executeTakeFirst());
+    const matches = await passwordMatches(user?.password_hash, password);
+    const now = this.#clock.now();
+    if (user && matches && !isLocked(user, now)) return user;
+    const counts = user !== undefined && user.password_hash !== null && !matches;
+    // The lock mail names the tenant; a signed-in context carries only its id.
+    const tenant = counts ? await this.#storage.control.selectFrom('tenants').select(['id', 'name']).where('id', '=', auth.tenantId).executeTakeFirst() : undefined;
+    await store.transaction(async (db) => {
+      const refuse = async (reason: string) => {
+        await this.#audit.append(db, auth.tenantId, { type: eventType, outcome: 'failure', code: 'invalid_credentials', actor: auth, resource: { type: 'user', id: auth.userId, name: auth.username }, details: { reason } });
+      };
+      if (!user) return refuse('unknown_user');
+      if (!counts) return refuse(matches ? 'locked' : 'no_password');
+      const counted = await this.#countFailure(db, user.id, now);
+      if (!counted) return refuse('locked');
+      await refuse('wrong_password');
+      if (counted.locked) {
+        await this.#sessions.endForUser(db, user.id);
+        await db.deleteFrom('login_flows').where('user_id', '=', user.id).execute();
+        await this.#onLocked(db, tenant ?? { id: auth.tenantId, name: auth.tenantId }, user, counted.settings, counted.attempts, true);
+      }
+    });
+    throw new CustosError('invalid_credentials');
+  }
+
+  /**
+   * Runs a re-authenticated change in a write transaction that holds the
+   * user's row lock, if the account is still unlocked and the password
+   * verified is still the user's: failures committed while it was hashed may
+   * have locked the account. Refused with the same `invalid_credentials`.
+   */
+  async #whileUnlocked<T>(auth: AuthContext, verified: UserRow, eventType: string, fn: (db: Kysely<TenantDB>, user: UserRow) => Promise<T>): Promise<T> {
+    const outcome = await this.#storage.tenant(auth.tenantId).transaction(async (db) => {
+      const current = await this.#lockedUser(db, auth.userId);
+      if (!current || isLocked(current, this.#clock.now())) return { ok: false as const, reason: 'locked' };
+      if (current.password_hash !== verified.password_hash) return { ok: false as const, reason: 'password_changed' };
+      return { ok: true as const, result: await fn(db, current) };
+    });
+    if (!outcome.ok) {
+      await this.#audit.record(auth.tenantId, { type: eventType, outcome: 'failure', code: 'invalid_credentials', actor: auth, resource: { type: 'user', id: auth.userId, name: auth.username }, details: { reason: outcome.reason } });
+      throw new CustosError('invalid_credentials');
+    }
+    return outcome.result;
+  }
+
+  /**
+   * Runs `fn` in a write transaction if `password` is the signed-in user's
+   * current password and the account is unlocked when it commits; a wrong
+   * password counts toward the lockout ({@link #verifyCurrentPassword}). For
+   * changes to the user's own account that need the password again (MFA
+   * enrollment and removal, new recovery codes); `eventType` names the change
+   * in the activity stream's failure events.
+   */
+  async reauthenticated<T>(auth: AuthContext, password: string, eventType: string, fn: (db: Kysely<TenantDB>) => Promise<T>): Promise<T> {
+    const user = await this.#verifyCurrentPassword(auth, password, eventType);
+    return this.#whileUnlocked(auth, user, eventType, (db) => fn(db));
   }
 
   // --- passwords ----------------------------------------------------------------------
@@ -453,16 +599,11 @@ export class LoginService {
    * change of an authentication factor).
    */
   async changePassword(auth: AuthContext, input: { currentPassword: string; newPassword: string; endOtherSessions?: boolean }): Promise<{ endedSessions: number }> {
-    const store = this.#storage.tenant(auth.tenantId);
-    const user = await store.transaction((db) => db.selectFrom('users').selectAll().where('id', '=', auth.userId).executeTakeFirstOrThrow());
-    if (!user.password_hash || !(await verifyPassword(user.password_hash, input.currentPassword))) {
-      await this.#audit.record(auth.tenantId, { type: 'iam.password.change', outcome: 'failure', code: 'invalid_credentials', actor: auth, resource: { type: 'user', id: user.id, name: user.username } });
-      throw new CustosError('invalid_credentials');
-    }
+    const user = await this.#verifyCurrentPassword(auth, input.currentPassword, 'iam.password.change');
     const newHash = await this.#checkNewPassword(auth.tenantId, user, input.newPassword);
-    return store.transaction(async (db) => {
-      await this.#setPassword(db, auth.tenantId, user, newHash, auth, 'iam.password.change');
-      const ended = input.endOtherSessions ? await this.#sessions.endForUser(db, user.id, { except: auth.credentialPublicId }) : 0;
+    return this.#whileUnlocked(auth, user, 'iam.password.change', async (db, current) => {
+      await this.#setPassword(db, auth.tenantId, current, newHash, auth, 'iam.password.change');
+      const ended = input.endOtherSessions ? await this.#sessions.endForUser(db, current.id, { except: auth.credentialPublicId }) : 0;
       return { endedSessions: ended };
     });
   }
@@ -541,10 +682,8 @@ export class LoginService {
    * the current password is required first.
    */
   async endSessions(auth: AuthContext, input: { password: string; sessionId?: string }): Promise<{ ended: number }> {
-    const store = this.#storage.tenant(auth.tenantId);
-    const user = await store.transaction((db) => db.selectFrom('users').selectAll().where('id', '=', auth.userId).executeTakeFirstOrThrow());
-    if (!user.password_hash || !(await verifyPassword(user.password_hash, input.password))) throw new CustosError('invalid_credentials');
-    return store.transaction(async (db) => {
+    const user = await this.#verifyCurrentPassword(auth, input.password, 'auth.sessions.end');
+    return this.#whileUnlocked(auth, user, 'auth.sessions.end', async (db) => {
       const ended = input.sessionId ? await this.#sessions.endForUser(db, auth.userId, { only: input.sessionId, except: auth.credentialPublicId }) : await this.#sessions.endForUser(db, auth.userId, { except: auth.credentialPublicId });
       if (input.sessionId && ended === 0) throw new CustosError('not_found');
       await this.#audit.append(db, auth.tenantId, { type: 'auth.sessions.end', outcome: 'success', actor: auth, resource: { type: 'user', id: auth.userId, name: auth.username }, details: { ended } });

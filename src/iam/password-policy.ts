@@ -30,9 +30,21 @@ export function passwordProblems(password: string, policy: SecuritySettings['pas
   return problems;
 }
 
-/** Throws `password_rejected` listing every reason, or returns. */
+/**
+ * Whether a password is well-formed Unicode (no unpaired UTF-16 surrogate).
+ * argon2 hashes a password's UTF-8 bytes, and an unpaired surrogate has no
+ * UTF-8 form: Node writes U+FFFD in its place, so "\uD800", "\uDBFF" and
+ * "\uFFFD" would hash alike. Such a password is never set, and at sign-in it
+ * fails like a wrong one (it cannot be the password as the user chose it).
+ */
+export function isWellFormedPassword(password: string): boolean {
+  return password.isWellFormed();
+}
+
+/** Throws `validation_failed` for a value that is not a well-formed string, `password_rejected` listing every reason, or returns. */
 export function checkPassword(password: unknown, policy: SecuritySettings['password'], username: string): string {
   if (typeof password !== 'string') throw new CustosError('validation_failed', 'password must be a string');
+  if (!isWellFormedPassword(password)) throw new CustosError('validation_failed', 'password must be well-formed Unicode text: it contains an unpaired UTF-16 surrogate (half of a character)');
   const problems = passwordProblems(password, policy, username);
   if (problems.length > 0) throw new CustosError('password_rejected', `the password ${problems.join('; ')}`, { extensions: { reasons: problems } });
   return password;
