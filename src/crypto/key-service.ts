@@ -295,7 +295,11 @@ export class KeyService {
   async rewrap(tenantId: string): Promise<number> {
     this.#rings.delete(tenantId);
     const ring = await this.#usableRing(tenantId);
-    const current = ring.current_version;
+    return this.#rewrapUnder(tenantId, ring.current_version);
+  }
+
+  /** Rewraps every data key not under `current` (the ring's current version), in one tenant transaction: all of them or none. The caller checks the ring. */
+  async #rewrapUnder(tenantId: string, current: number): Promise<number> {
     const kek = await this.#kek(tenantId, current);
     return this.#storage.tenant(tenantId).transaction(async (db) => {
       const stale = await db.selectFrom('data_keys').selectAll().where('kek_version', '!=', current).execute();
@@ -412,15 +416,43 @@ export class KeyService {
     );
   }
 
-  enable(tenantId: string, onControl?: (db: Kysely<ControlDB>) => Promise<void>): Promise<void> {
-    return this.#setState(
-      tenantId,
-      (ring) => {
-        if (ring.state === 'pending_deletion') throw new CustosError('conflict', 'the key is scheduled for deletion; cancel the deletion first');
-      },
-      { state: 'enabled' },
-      onControl,
-    );
+  /**
+   * Enables the key again. Key material imported while the key was disabled
+   * became the current version without any data key being rewrapped (a
+   * disabled key is not used), so every data key not under the current version
+   * is rewrapped here, before the key is enabled: if that fails (key material
+   * missing) the key stays as it was and the error is the caller's; enabling
+   * again retries it (rewrapping is idempotent). `onControl` runs in the
+   * transaction that enables the key, with the current version and the number
+   * of data keys rewrapped.
+   */
+  async enable(tenantId: string, onControl?: (db: Kysely<ControlDB>, details: { version: number; rewrapped: number }) => Promise<void>): Promise<{ version: number; rewrapped: number }> {
+    const check = (ring: KeyRingsTable | undefined): KeyRingsTable => {
+      if (!ring) throw new CustosError('tenant_not_found');
+      if (ring.state === 'destroyed') throw new CustosError('key_destroyed');
+      if (ring.state === 'pending_deletion') throw new CustosError('conflict', 'the key is scheduled for deletion; cancel the deletion first');
+      return ring;
+    };
+    let rewrapped = 0;
+    try {
+      for (let attempt = 1; attempt <= 3; attempt++) {
+        const before = check(await findRing(this.#storage.control, tenantId));
+        rewrapped += await this.#rewrapUnder(tenantId, before.current_version);
+        const version = await this.#storage.controlTransaction(async (db) => {
+          const ring = check(await findRing(db, tenantId));
+          // Key material imported meanwhile: its data keys are rewrapped under it first.
+          if (ring.current_version !== before.current_version) return undefined;
+          await updateRing(db, tenantId, { state: 'enabled', updated_at: this.#clock.now() });
+          await onControl?.(db, { version: ring.current_version, rewrapped });
+          return ring.current_version;
+        });
+        if (version !== undefined) return { version, rewrapped };
+      }
+      throw new CustosError('conflict', 'key material was imported while the key was being enabled; enable it again');
+    } finally {
+      // Keys unwrapped while the ring was disabled leave memory; the ring is read again.
+      this.#forget(tenantId);
+    }
   }
 
   /** Schedules destruction of a customer-managed key in 7 to 30 days; the key is unusable from now on. */

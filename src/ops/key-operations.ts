@@ -50,7 +50,15 @@ export const keyOperations = {
 
   disable: (rt: Runtime, tenantId: string, actor: Actor) => announced(rt, tenantId, actor, { type: 'keys.disable', resource: ring(tenantId) }, (onControl) => rt.keys.disable(tenantId, onControl)),
 
-  enable: (rt: Runtime, tenantId: string, actor: Actor) => announced(rt, tenantId, actor, { type: 'keys.enable', resource: ring(tenantId) }, (onControl) => rt.keys.enable(tenantId, onControl)),
+  /**
+   * Enabling rewraps the data keys still under an older version (key material
+   * imported while the key was disabled); when it did, the tenant's stream
+   * records how many, as after a scheduled rotation.
+   */
+  async enable(rt: Runtime, tenantId: string, actor: Actor): Promise<void> {
+    const r = await announced(rt, tenantId, actor, { type: 'keys.enable', resource: ring(tenantId) }, (onControl) => rt.keys.enable(tenantId, onControl));
+    if (r.rewrapped > 0) await rt.audit.record(tenantId, { type: 'keys.rewrap', outcome: 'success', actor, resource: ring(tenantId), details: { version: r.version, rewrapped: r.rewrapped, trigger: 'keys.enable' } });
+  },
 
   scheduleDeletion: (rt: Runtime, tenantId: string, days: number, actor: Actor) =>
     checkDays(days, MIN_DELETION_DAYS, MAX_DELETION_DAYS, 'deletion must be scheduled 7 to 30 days ahead') ??
