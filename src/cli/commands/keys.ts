@@ -87,7 +87,15 @@ export function keysCommand(): Command {
       .description('get the RSA-3072 public key to wrap customer key material with (RSA-OAEP, SHA-256); valid 24 hours')
       .option('--out <file>', 'also write the public key (PEM) to this file'),
   ).action(async (opts: { tenant: string; json?: boolean; out?: string }, cmd: Command) => {
-    const params = await withRuntime(cmd, async (rt) => rt.keys.importParameters(await tenantId(rt, opts.tenant)));
+    const params = await withRuntime(cmd, async (rt) => {
+      const id = await tenantId(rt, opts.tenant);
+      const p = await rt.keys.importParameters(id);
+      // The same event as the API's, by an operator: in the tenant's stream and the provider stream, before the key is shown.
+      const event = { type: 'keys.import.params', outcome: 'success' as const, actor: operatorActor(), resource: { type: 'key-ring', id } };
+      await rt.audit.record(id, { ...event, details: { expiresAt: p.expiresAt } });
+      await rt.audit.recordProvider({ ...event, details: { expiresAt: p.expiresAt, tenantId: id } });
+      return p;
+    });
     if (opts.out) await writeFile(opts.out, params.publicKeyPem);
     if (opts.json) return printJson(params);
     println(`Wrap 32 bytes of key material with RSAES-OAEP (SHA-256) under this key before ${params.expiresAt}:`);

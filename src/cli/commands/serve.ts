@@ -181,6 +181,7 @@ export function startCommand(): Command {
       printCreatedTenant(created);
       println('');
       println(`Sign in with tenant "${DEMO_TENANT}", username "${created.admin.username}" and the temporary password above.`);
+      if (!config.smtpUrl) println(`Mail stays in the tenant's outbox (no SMTP set): the new-device code is shown by \`custos mail list --tenant ${DEMO_TENANT} --bodies\`.`);
     } else {
       println(`Tenant "${DEMO_TENANT}" exists; its administrator's temporary password was printed when it was created.`);
     }
