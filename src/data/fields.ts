@@ -69,12 +69,20 @@ export function checkFieldDef(input: unknown): FieldDef {
   let mask: Mask | null = null;
   if (classification === 'pii') mask = o.mask === undefined ? defaultMask(type) : checkMask(o.mask, name);
   else if (o.mask !== undefined) fail(`${name}: only pii fields have a mask`);
+  // Any character of `true` or `false` tells which it is.
+  if (type === 'boolean' && mask !== null && mask.kind !== 'full') fail(`${name}: a boolean pii field can only be fully masked`);
   if (type === 'json' && (unique || bool('indexed'))) fail(`${name}: json fields cannot be unique or indexed`);
   return { name, type, classification, required: bool('required'), unique, indexed: unique || bool('indexed'), mask, standard: false, computed: false };
 }
 
-function defaultMask(type: FieldType): Mask {
-  return type === 'email' ? { kind: 'email' } : type === 'phone' ? { kind: 'phone' } : { kind: 'partial', keepFirst: 1, keepLast: 0 };
+/**
+ * The mask of a `pii` field declared without one: emails and phones their own,
+ * text its first character, and every other type (number, boolean, date,
+ * timestamp, json) fully: the first character of `true`, `1975-…` or `4…`
+ * says too much of the value.
+ */
+export function defaultMask(type: FieldType): Mask {
+  return type === 'email' ? { kind: 'email' } : type === 'phone' ? { kind: 'phone' } : type === 'string' ? { kind: 'partial', keepFirst: 1, keepLast: 0 } : { kind: 'full' };
 }
 
 function checkMask(m: unknown, name: string): Mask {

@@ -9,7 +9,7 @@ import { authorize, type AuthContext } from '../iam/authorize.js';
 import type { TenantDB } from '../storage/schema.js';
 import type { Storage } from '../storage/storage.js';
 import type { ListsTable } from './data-tables.js';
-import { CLASSIFICATIONS, checkFieldDef, checkSchema, checkValue, type Classification, type FieldDef } from './fields.js';
+import { CLASSIFICATIONS, checkFieldDef, checkSchema, checkValue, defaultMask, type Classification, type FieldDef } from './fields.js';
 import { LIST_OBJECT, indexValue, openProtected, sealProtected } from './record-codec.js';
 import { RecordKeys } from './record-keys.js';
 
@@ -204,9 +204,12 @@ export class ListService {
         if (f.standard) fail(`${f.name} is a standard field`);
         if (!CLASSIFICATIONS.includes(r.classification)) fail('classification must be pii, sensitive or plain');
         if (f.classification === r.classification) continue;
+        // Out of pii, every stored value is shown unmasked to whoever reads the list: only a principal that may see
+        // them in clear may do that (a Marketer could otherwise unmask a field for itself, and mask it again).
+        if (f.classification === 'pii') authorize(auth, 'data.pii.view');
         reclassified.push({ field: f, from: f.classification });
         f.classification = r.classification;
-        f.mask = r.classification === 'pii' ? (f.mask ?? (f.type === 'email' ? { kind: 'email' } : f.type === 'phone' ? { kind: 'phone' } : { kind: 'partial', keepFirst: 1, keepLast: 0 })) : null;
+        f.mask = r.classification === 'pii' ? (f.mask ?? defaultMask(f.type)) : null;
       }
       const dropped: string[] = [];
       for (const name of change.drop ?? []) {

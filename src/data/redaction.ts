@@ -29,5 +29,7 @@ function maskText(text: string, mask: Mask): string {
  */
 export function redact(field: FieldDef, value: unknown): unknown {
   if (value === null || value === undefined || field.classification !== 'pii') return value;
+  // Whatever mask a list stored earlier: a boolean shows through any partial mask.
+  if (field.type === 'boolean') return '****';
   return maskText(typeof value === 'string' ? value : JSON.stringify(value), field.mask ?? { kind: 'full' });
 }
