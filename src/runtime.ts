@@ -22,6 +22,8 @@ import { SecuritySettingsStore } from './iam/security-settings.js';
 import { SessionService } from './iam/session-service.js';
 import { SecuritySettingsService } from './iam/settings-service.js';
 import { UserService } from './iam/user-service.js';
+import { SamlService } from './iam/sso/saml-service.js';
+import { SamlSettingsService } from './iam/sso/saml-settings.js';
 import { MailService } from './notify/mail-service.js';
 import { WebhookService } from './notify/webhook-service.js';
 import { resolveMasterKey } from './ops/master-key.js';
@@ -68,6 +70,10 @@ export interface Runtime {
   readonly alertAdmin: AlertAdminService;
   /** API users' client certificates: registration and sign-in by certificate. */
   readonly clientCertificates: ClientCertificates;
+  /** SAML 2.0 settings as account administrators change them (authorized, recorded), and as sign-in reads them. */
+  readonly samlSettings: SamlSettingsService;
+  /** SAML 2.0 single sign-on (service provider): AuthnRequests and the assertion consumer service. */
+  readonly saml: SamlService;
   /** Every table that holds field ciphertexts, for re-encryption. */
   readonly encryptedSources: readonly EncryptedSource[];
   close(): Promise<void>;
@@ -112,6 +118,8 @@ export async function openRuntime(config: Config, opts: OpenRuntimeOptions): Pro
     const securityAdmin = new SecuritySettingsService({ storage, audit, settings: securitySettings });
     const alertAdmin = new AlertAdminService({ storage, audit, alerts, webhooks });
     const clientCertificates = new ClientCertificates({ storage, clock, audit, login });
+    const samlSettings = new SamlSettingsService({ storage, clock, audit, publicUrl: config.publicUrl });
+    const saml = new SamlService({ storage, clock, audit, login, settings: samlSettings, publicUrl: config.publicUrl });
     const tenants = new TenantService({ storage, clock, keys, audit });
     const recovered = await tenants.recover();
     if (recovered.removed.length > 0 || recovered.finishedDeleting.length > 0) {
@@ -153,6 +161,8 @@ export async function openRuntime(config: Config, opts: OpenRuntimeOptions): Pro
       securityAdmin,
       alertAdmin,
       clientCertificates,
+      samlSettings,
+      saml,
       encryptedSources,
       close: async () => {
         mail.close();

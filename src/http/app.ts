@@ -21,6 +21,7 @@ import { alertRoutes } from './routes/alerts.js';
 import { keyRoutes } from './routes/keys.js';
 import { orgRoutes } from './routes/orgs.js';
 import { roleRoutes } from './routes/roles.js';
+import { samlRoutes } from './routes/saml.js';
 import { settingsRoutes } from './routes/settings.js';
 import { userRoutes } from './routes/users.js';
 
@@ -103,8 +104,9 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
         settings: runtime.securitySettings,
         audit: runtime.audit,
       });
-      loginOptionsRoutes(tenantScope);
+      loginOptionsRoutes(tenantScope, runtime);
       authRoutes(tenantScope, runtime);
+      samlRoutes(tenantScope, runtime);
       meRoutes(tenantScope, runtime);
       listRoutes(tenantScope, runtime);
       userRoutes(tenantScope, runtime);

@@ -1,5 +1,7 @@
 /** Table types of identity and access, added to the tenant schema. */
 
+import type { Defaulted } from '../storage/schema.js';
+
 export interface RolesTable {
   id: string;
   name: string;
@@ -55,6 +57,8 @@ export interface LoginFlowsTable {
   code_attempts: number;
   created_at: number;
   expires_at: number;
+  /** How the first factor was passed: null for a password, `saml` for the tenant's IdP. */
+  auth_method: Defaulted<'saml' | null>;
 }
 
 export interface DevicesTable {

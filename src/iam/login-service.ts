@@ -27,6 +27,7 @@ import type { Mfa } from './mfa.js';
 import { checkPassword, isWellFormedPassword } from './password-policy.js';
 import type { SecuritySettings, SecuritySettingsStore } from './security-settings.js';
 import type { IssuedSession, SessionService, UserRow } from './session-service.js';
+import { readSamlSettings } from './sso/saml-settings.js';
 
 export type Challenge = 'device_verification_required' | 'password_change_required' | 'mfa_required';
 
@@ -50,6 +51,8 @@ interface Flow {
   idHash: Buffer;
   user: UserRow;
   pending: Challenge[];
+  /** How the first factor was passed: the session the flow ends in carries it. */
+  method: 'password' | 'saml';
 }
 
 /** The actor of a sign-in attempt before anyone is authenticated: the claimed user (or the claimed name, when unknown). */
@@ -154,6 +157,11 @@ export class LoginService {
       };
       if (!user || user.kind !== kind) return fail(user ? 'wrong_user_kind' : 'unknown_user');
       if (user.status !== 'active') return fail('suspended');
+      // A tenant that signs its console users in through its SAML IdP may refuse their passwords (API users keep theirs).
+      if (kind === 'console') {
+        const saml = await readSamlSettings(db);
+        if (saml.enabled && !saml.passwordLogin) return fail('password_login_disabled');
+      }
       if (!matches) {
         const counted = await this.#countFailure(db, user.id, now);
         if (!counted) return fail('locked');
@@ -274,7 +282,7 @@ export class LoginService {
   }
 
   /** Continues a sign-in: either the next challenge (creating or updating its flow) or a session. */
-  async #advance(db: Kysely<TenantDB>, tenant: TenantRef, user: UserRow, pending: Challenge[], flow: { idHash: Buffer; token: string } | undefined, source: Source | undefined, authMethod: 'password' | 'certificate'): Promise<SignInResult> {
+  async #advance(db: Kysely<TenantDB>, tenant: TenantRef, user: UserRow, pending: Challenge[], flow: { idHash: Buffer; token: string } | undefined, source: Source | undefined, authMethod: 'password' | 'certificate' | 'saml'): Promise<SignInResult> {
     const now = this.#clock.now();
     if (pending.length === 0) {
       if (flow) await db.deleteFrom('login_flows').where('id_hash', '=', flow.idHash).execute();
@@ -303,7 +311,10 @@ export class LoginService {
     if (!f) {
       const c = newCredential(tenant.id);
       f = { idHash: c.hash, token: c.token };
-      await db.insertInto('login_flows').values({ id_hash: f.idHash, user_id: user.id, pending: JSON.stringify(pending), code_hash: null, code_expires_at: null, code_attempts: 0, created_at: now, expires_at: now + FLOW_MAX_MS }).execute();
+      await db
+        .insertInto('login_flows')
+        .values({ id_hash: f.idHash, user_id: user.id, pending: JSON.stringify(pending), code_hash: null, code_expires_at: null, code_attempts: 0, created_at: now, expires_at: now + FLOW_MAX_MS, auth_method: authMethod === 'saml' ? 'saml' : null })
+        .execute();
     } else {
       await db.updateTable('login_flows').set({ pending: JSON.stringify(pending) }).where('id_hash', '=', f.idHash).execute();
     }
@@ -343,7 +354,7 @@ export class LoginService {
       await db.deleteFrom('login_flows').where('id_hash', '=', idHash).execute();
       throw new CustosError('invalid_code', 'the sign-in cannot continue');
     }
-    return { idHash, user, pending };
+    return { idHash, user, pending, method: row.auth_method === 'saml' ? 'saml' : 'password' };
   }
 
   // --- public operations ------------------------------------------------------------
@@ -365,6 +376,52 @@ export class LoginService {
   /** Issues a token to an API user already authenticated by its client certificate (checked by the caller). */
   async issueTokenForCertificate(db: Kysely<TenantDB>, tenant: TenantRef, user: UserRow, source: Source | undefined): Promise<SignInResult> {
     return this.#advance(db, tenant, user, [], undefined, source, 'certificate');
+  }
+
+  /**
+   * Signs in the console user a verified SAML assertion names, by email
+   * (case-insensitive): exactly one active console user of the tenant must
+   * have it; no user is created. The IdP's authentication stands for the
+   * password and the new-device code, and the session ends like a completed
+   * password sign-in (`auth.login.success`, method `saml`). Custos MFA still
+   * applies: a user enrolled in MFA, or whom the tenant's policy requires to
+   * use it, gets the `mfa_required` challenge (enrolling if needed), answered
+   * at `/auth/mfa/verify` like after a password, and the session then carries
+   * method `saml`. Locked accounts stay locked; a SAML sign-in does not reset
+   * the password failure count. Every refusal is `invalid_credentials`,
+   * recorded as `auth.login.failure` with its reason.
+   */
+  async signInWithSaml(tenant: TenantRef, input: { email: string; source?: Source }): Promise<SignInResult> {
+    const email = input.email.trim().toLowerCase();
+    const outcome = await this.#storage.tenant(tenant.id).transaction(async (db) => {
+      const all = await db.selectFrom('users').selectAll().where((eb) => eb(eb.fn('lower', ['email']), '=', email)).execute();
+      const consoles = all.filter((u) => u.kind === 'console');
+      const active = consoles.filter((u) => u.status === 'active');
+      const user = active.length === 1 ? active[0] : (consoles[0] ?? all[0]);
+      const fail = async (reason: string) => {
+        await this.#audit.append(db, tenant.id, {
+          type: 'auth.login.failure',
+          outcome: 'failure',
+          code: 'invalid_credentials',
+          actor: claimant(user, user?.username ?? email, input.source),
+          resource: user ? { type: 'user', id: user.id, name: user.username } : undefined,
+          details: { reason, method: 'saml' },
+        });
+        return { ok: false as const };
+      };
+      if (consoles.length === 0) return fail(all.length > 0 ? 'wrong_user_kind' : 'unknown_user');
+      if (active.length > 1) return fail('ambiguous_email');
+      if (active.length === 0) return fail('suspended');
+      const current = await this.#lockedUser(db, active[0]!.id);
+      if (!current || current.kind !== 'console') return fail('unknown_user');
+      if (current.status !== 'active') return fail('suspended');
+      if (isLocked(current, this.#clock.now())) return fail('locked');
+      // The IdP's authentication stands for the password and the new-device code; Custos MFA still applies.
+      const mfa = (await this.#mfa.isEnrolled(db, current.id)) || (await this.#mfaRequired(db, current, await this.#settings.inTx(db)));
+      return { ok: true as const, result: await this.#advance(db, tenant, current, mfa ? ['mfa_required'] : [], undefined, input.source, 'saml') };
+    });
+    if (!outcome.ok) throw new CustosError('invalid_credentials');
+    return outcome.result;
   }
 
   /** `POST /auth/device/verify`: the 6-digit code mailed for an unknown device. Trusts the device on success. */
@@ -411,7 +468,7 @@ export class LoginService {
       const device = newCredential(tenant.id);
       await db.insertInto('devices').values({ id_hash: device.hash, user_id: flow.user.id, created_at: now, last_used_at: now, expires_at: now + DEVICE_MAX_MS, user_agent: input.source?.userAgent?.slice(0, 300) ?? null }).execute();
       await this.#audit.append(db, tenant.id, { type: 'auth.device.verify', outcome: 'success', actor, resource });
-      const next = await this.#advance(db, tenant, flow.user, flow.pending.slice(1), { idHash: flow.idHash, token: input.flowToken }, input.source, 'password');
+      const next = await this.#advance(db, tenant, flow.user, flow.pending.slice(1), { idHash: flow.idHash, token: input.flowToken }, input.source, flow.method);
       return { error: false as const, result: { ...next, deviceToken: device.token } };
     });
     if (result.error) throw new CustosError('invalid_code');
@@ -430,7 +487,7 @@ export class LoginService {
     return store.transaction(async (db) => {
       const flow = await this.#flow(db, tenant, input.flowToken, 'password_change_required');
       await this.#setPassword(db, tenant.id, flow.user, newHash, claimant(flow.user, flow.user.username, input.source), 'iam.password.change');
-      return this.#advance(db, tenant, { ...flow.user, must_change_password: 0 }, flow.pending.slice(1), { idHash: flow.idHash, token: input.flowToken }, input.source, 'password');
+      return this.#advance(db, tenant, { ...flow.user, must_change_password: 0 }, flow.pending.slice(1), { idHash: flow.idHash, token: input.flowToken }, input.source, flow.method);
     });
   }
 
@@ -465,7 +522,7 @@ export class LoginService {
         return { error: true as const };
       }
       await this.#audit.append(db, tenant.id, { type: 'auth.mfa.verify', outcome: 'success', actor, resource, details: { method } });
-      const next = await this.#advance(db, tenant, flow.user, flow.pending.slice(1), { idHash: flow.idHash, token: input.flowToken }, input.source, 'password');
+      const next = await this.#advance(db, tenant, flow.user, flow.pending.slice(1), { idHash: flow.idHash, token: input.flowToken }, input.source, flow.method);
       return { error: false as const, result: next.status === 'ok' && recoveryCodes ? { ...next, recoveryCodes } : next };
     });
     if (result.error) {

@@ -51,7 +51,7 @@ function cookieOptions(maxAgeMs: number, path = '/') {
  * session the browser still held, so a session id never survives
  * re-authentication.
  */
-async function sendSignIn(rt: Runtime, request: FastifyRequest, reply: FastifyReply, result: SignInResult): Promise<Static<typeof SignIn>> {
+export async function sendSignIn(rt: Runtime, request: FastifyRequest, reply: FastifyReply, result: SignInResult): Promise<Static<typeof SignIn>> {
   if (result.deviceToken) reply.setCookie(DEVICE_COOKIE, result.deviceToken, cookieOptions(DEVICE_MAX_MS, '/api/v1/auth'));
   if (result.status === 'challenge') {
     return { status: 'challenge', challenge: result.challenge, flowToken: result.flowToken, ...(result.mfaEnrollment ? { mfaEnrollment: result.mfaEnrollment } : {}) };

@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
 import { CustosError } from '../../core/errors.js';
+import type { Runtime } from '../../runtime.js';
 
 const Query = Type.Object(
   { tenant: Type.String({ minLength: 3, maxLength: 63, pattern: '^[a-z0-9][a-z0-9-]*[a-z0-9]$', description: 'Tenant name' }) },
@@ -16,11 +17,12 @@ const LoginOptions = Type.Object(
 );
 
 /**
- * `GET /api/v1/auth/options?tenant=NAME`: how users of a tenant sign in, asked
- * by the console before it shows a login form. Runs before authentication, so
- * the tenant comes from the query.
+ * `GET /api/v1/auth/options?tenant=NAME`: how console users of a tenant sign
+ * in, asked by the console before it shows a login form: `password` unless
+ * the tenant turned password sign-in off for SAML, `saml` when SAML is
+ * enabled. Runs before authentication, so the tenant comes from the query.
  */
-export function loginOptionsRoutes(app: FastifyInstance): void {
+export function loginOptionsRoutes(app: FastifyInstance, rt: Runtime): void {
   app.get(
     '/auth/options',
     {
@@ -35,7 +37,9 @@ export function loginOptionsRoutes(app: FastifyInstance): void {
     async (request) => {
       const tenant = request.tenant;
       if (!tenant) throw new CustosError('internal_error');
-      return { tenant: tenant.name, methods: ['password'] };
+      const saml = await rt.samlSettings.current(tenant.id);
+      const methods = saml.enabled ? (saml.passwordLogin ? ['password', 'saml'] : ['saml']) : ['password'];
+      return { tenant: tenant.name, methods };
     },
   );
 }
