@@ -83,23 +83,27 @@ describeEachStorage('SAML single sign-on', (kind) => {
   const putSettings = (body: unknown, headers: Record<string, string> = t.admin.headers) => app.inject({ method: 'PUT', url: '/api/v1/settings/sso/saml', headers, payload: body as Record<string, unknown> });
 
   /** Starts a sign-in: the RelayState and the AuthnRequest ID the IdP would answer. */
-  async function start(tenant = t): Promise<{ relayState: string; requestId: string; location: URL }> {
+  async function start(tenant = t): Promise<{ relayState: string; requestId: string; location: URL; setCookie: string }> {
     const res = await app.inject({ url: `/api/v1/auth/sso/saml/login?tenant=${tenant.name}` });
     expect(res.statusCode, res.body).toBe(302);
     const location = new URL(res.headers.location as string);
     const relayState = location.searchParams.get('RelayState')!;
     const secret = relayState.slice(relayState.lastIndexOf('.') + 1);
     const row = await rt.storage.tenant(tenant.tenantId).read((db) => db.selectFrom('saml_requests').select('request_id').where('relay_hash', '=', hashSecret(secret)).executeTakeFirstOrThrow());
-    return { relayState, requestId: row.request_id, location };
+    const setCookie = ([] as string[]).concat(res.headers['set-cookie'] ?? []).find((c) => c.startsWith('custos_saml_state=')) ?? '';
+    return { relayState, requestId: row.request_id, location, setCookie };
   }
 
-  const post = (samlResponse: string, relayState: string) =>
-    app.inject({
+  /** The IdP's form post, from the browser that started the sign-in (its state cookie: the RelayState's secret) unless `browser` says otherwise. */
+  const post = (samlResponse: string, relayState: string, browser: { stateCookie?: string | null } = {}) => {
+    const state = browser.stateCookie === undefined ? relayState.slice(relayState.lastIndexOf('.') + 1) : browser.stateCookie;
+    return app.inject({
       method: 'POST',
       url: '/api/v1/auth/sso/saml/acs',
-      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      headers: { 'content-type': 'application/x-www-form-urlencoded', ...(state === null ? {} : { cookie: `custos_saml_state=${state}` }) },
       payload: new URLSearchParams({ SAMLResponse: Buffer.from(samlResponse).toString('base64'), RelayState: relayState }).toString(),
     });
+  };
 
   /** A full round: start, the IdP's response (built and signed by `make`), the ACS answer. */
   async function round(make: (r: { requestId: string }) => string, tenant = t): Promise<LightMyRequestResponse> {
@@ -145,6 +149,12 @@ describeEachStorage('SAML single sign-on', (kind) => {
       expect(s.location.searchParams.get('SAMLRequest')).toBeTruthy();
       expect(s.relayState).toMatch(/^saml-a\.[A-Za-z0-9_-]{16}$/);
       expect(s.requestId).toMatch(/^_[0-9a-f]{40}$/);
+      // The browser that starts the sign-in gets the RelayState's secret as a cookie, sent back with the IdP's post only.
+      expect(s.setCookie).toMatch(new RegExp(`^custos_saml_state=${s.relayState.slice(s.relayState.lastIndexOf('.') + 1)};`));
+      expect(s.setCookie).toMatch(/Path=\/api\/v1\/auth\/sso\/saml\/acs/);
+      expect(s.setCookie).toMatch(/HttpOnly/);
+      expect(s.setCookie).toMatch(/Secure/);
+      expect(s.setCookie).toMatch(/SameSite=None/);
       // Not enabled: no redirect.
       expectProblem(await app.inject({ url: `/api/v1/auth/sso/saml/login?tenant=${other.name}` }), 404, 'not_found');
     });
@@ -173,7 +183,8 @@ describeEachStorage('SAML single sign-on', (kind) => {
     it('takes the tenant from RelayState only, and exactly one SAMLResponse and RelayState', async () => {
       const s = await start();
       const xml = encodeURIComponent(Buffer.from(sign(good('alice@saml-a.example', s.requestId), idp, 'Assertion')).toString('base64'));
-      const form = (payload: string) => app.inject({ method: 'POST', url: '/api/v1/auth/sso/saml/acs', headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload });
+      const state = `custos_saml_state=${s.relayState.slice(s.relayState.lastIndexOf('.') + 1)}`;
+      const form = (payload: string) => app.inject({ method: 'POST', url: '/api/v1/auth/sso/saml/acs', headers: { 'content-type': 'application/x-www-form-urlencoded', cookie: state }, payload });
       expectProblem(await form(`SAMLResponse=${xml}&SAMLResponse=x&RelayState=${s.relayState}`), 400, 'validation_failed');
       expectProblem(await form(`SAMLResponse=${xml}`), 400, 'validation_failed');
       expectProblem(await form(`SAMLResponse=${xml}&RelayState=nonsense`), 400, 'validation_failed');
@@ -294,6 +305,23 @@ describeEachStorage('SAML single sign-on', (kind) => {
       await expectRefused(await round(({ requestId }) => sign(good(u.email, requestId), idp, 'Assertion')), 'suspended');
     });
 
+    it('a response posted from another browser than the one that started the sign-in (no state cookie, or another one): login CSRF', async () => {
+      const mine = await start();
+      const xml = sign(good('alice@saml-a.example', mine.requestId), idp, 'Assertion');
+      await expectRefused(await post(xml, mine.relayState, { stateCookie: null }), 'other_browser');
+      const theirs = await start();
+      await expectRefused(await post(xml, mine.relayState, { stateCookie: theirs.relayState.slice(theirs.relayState.lastIndexOf('.') + 1) }), 'other_browser');
+      // Refused before the request is used: the browser that started it still signs in.
+      const res = await post(xml, mine.relayState);
+      expect(res.statusCode, res.body).toBe(200);
+      expect(cookieValue(res, 'custos_session')).toBeTruthy();
+    });
+
+    it('a NameID that is not printable ASCII (case folding differs between JavaScript and the database)', async () => {
+      await createUser(rt, t, t.admin.cookie, { username: 'kate', email: 'kate@saml-a.example', roles: ['viewer'] });
+      await expectRefused(await round(({ requestId }) => sign(good('\u212Aate@saml-a.example', requestId), idp, 'Assertion')), 'name_id_not_email');
+    });
+
     it('a locked account', async () => {
       const u = await createUser(rt, t, t.admin.cookie, { username: 'locked1', roles: ['viewer'] });
       for (let i = 0; i < 5; i++) expectProblem(await app.inject({ method: 'POST', url: '/api/v1/auth/login', payload: { tenant: t.name, username: 'locked1', password: 'wrong-password-123' } }), 401, 'invalid_credentials');
@@ -362,6 +390,15 @@ describeEachStorage('SAML single sign-on', (kind) => {
       const viewer = await signIn(app, rt, { tenant: t.name, tenantId: t.tenantId, username: 'viewer1', password: u.temporaryPassword, email: u.email });
       expectProblem(await putSettings(settings({ enabled: false }), viewer.headers), 403, 'forbidden');
       expectProblem(await app.inject({ url: '/api/v1/settings/sso/saml', headers: viewer.headers }), 403, 'forbidden');
+      // An administrator without every permission may not choose the IdP: it could sign in as any console user.
+      const role = await app.inject({ method: 'POST', url: '/api/v1/roles', headers: t.admin.headers, payload: { name: 'SSO admin', permissions: ['account.admin', 'users.read'] } });
+      expect(role.statusCode, role.body).toBe(201);
+      const partial = await createUser(rt, t, t.admin.cookie, { username: 'partial1', roles: [role.json().id as string] });
+      const partialAdmin = await signIn(app, rt, { tenant: t.name, tenantId: t.tenantId, username: 'partial1', password: partial.temporaryPassword, email: partial.email });
+      const refused = await putSettings(settings({ idpEntityId: 'https://evil.example/idp' }), partialAdmin.headers);
+      expectProblem(refused, 403, 'forbidden');
+      expect(refused.json().detail).toMatch(/needs every permission/);
+      expect((await app.inject({ url: '/api/v1/settings/sso/saml', headers: t.admin.headers })).json().idpEntityId).toBe(IDP);
       expect((await putSettings(settings({ idpEntityId: 'https://idp.example/other' }))).statusCode).toBe(200);
       const ev = (await rt.audit.query(t.tenantId, { types: ['iam.settings.saml.update'], limit: 1 })).events[0]!;
       expect(ev.change).toMatchObject({ before: { idpEntityId: IDP }, after: { idpEntityId: 'https://idp.example/other' } });

@@ -8,7 +8,7 @@ import { CustosError } from '../../core/errors.js';
 import { randomToken } from '../../core/ids.js';
 import type { Source } from '../../core/principal.js';
 import type { Storage } from '../../storage/storage.js';
-import { hashSecret } from '../credentials.js';
+import { hashSecret, secretMatches } from '../credentials.js';
 import type { LoginService, SignInResult, TenantRef } from '../login-service.js';
 import { certificatesValidAt, serviceProvider, type SamlSettings, type SamlSettingsService } from './saml-settings.js';
 import './saml-tables.js';
@@ -18,7 +18,11 @@ export const SAML_REQUEST_MS = 10 * 60_000;
 /** Clock skew accepted on NotBefore / NotOnOrAfter. */
 export const SAML_CLOCK_SKEW_MS = 60_000;
 const EMAIL_FORMAT = 'urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress';
-const EMAIL = /^[^\s@]{1,64}@[^\s@]{1,255}$/;
+// Printable ASCII only: the user is found by a case-insensitive match, and SQLite's lower() folds ASCII alone (JavaScript
+// folds more: the Kelvin sign becomes k), so a non-ASCII NameID could name another user than the one it spells.
+const EMAIL = /^[!-?A-~]{1,64}@[!-?A-~]{1,255}$/;
+/** The cookie that ties a SAML sign-in to the browser that started it (see {@link SamlService.consume}). */
+export const SAML_STATE_COOKIE = 'custos_saml_state';
 
 /**
  * SAML 2.0 single sign-on, service-provider side, one IdP per tenant.
@@ -73,8 +77,12 @@ export class SamlService {
     });
   }
 
-  /** The IdP URL (with SAMLRequest and RelayState) to send the browser to; `not_found` when SAML is off. */
-  async startLogin(tenant: TenantRef): Promise<string> {
+  /**
+   * The IdP URL (with SAMLRequest and RelayState) to send the browser to, and
+   * the secret of its RelayState, which the caller sets as the browser's
+   * {@link SAML_STATE_COOKIE}; `not_found` when SAML is off.
+   */
+  async startLogin(tenant: TenantRef): Promise<{ url: string; binding: string }> {
     const settings = await this.#settings.current(tenant.id);
     if (!settings.enabled) throw new CustosError('not_found', 'SAML sign-in is not enabled for this tenant');
     const now = this.#clock.now();
@@ -87,7 +95,7 @@ export class SamlService {
       await db.deleteFrom('saml_requests').where('expires_at', '<=', now).execute();
       await db.insertInto('saml_requests').values({ relay_hash: hashSecret(secret), request_id: requestId, created_at: now, expires_at: now + SAML_REQUEST_MS }).execute();
     });
-    return url;
+    return { url, binding: secret };
   }
 
   async #refuse(tenant: TenantRef, source: Source | undefined, reason: string, detail?: string): Promise<never> {
@@ -101,19 +109,28 @@ export class SamlService {
     throw new CustosError('invalid_credentials');
   }
 
-  /** The assertion consumer service: validates the IdP's response and signs its user in. */
-  async consume(tenant: TenantRef, input: { samlResponse: string; relayState: string }, source: Source | undefined): Promise<SignInResult> {
+  /**
+   * The assertion consumer service: validates the IdP's response and signs its
+   * user in. `binding` is the browser's {@link SAML_STATE_COOKIE}: it must be
+   * the RelayState's secret, so the response is taken only from the browser
+   * that started the sign-in (someone who started one and kept the IdP's
+   * answer cannot make another browser post it and sign that browser in as
+   * themselves).
+   */
+  async consume(tenant: TenantRef, input: { samlResponse: string; relayState: string; binding: string | undefined }, source: Source | undefined): Promise<SignInResult> {
     const settings = await this.#settings.current(tenant.id);
     if (!settings.enabled) return this.#refuse(tenant, source, 'saml_disabled');
     const dot = input.relayState.lastIndexOf('.');
     if (dot < 0 || input.relayState.slice(0, dot) !== tenant.name) return this.#refuse(tenant, source, 'unknown_request');
+    const secret = input.relayState.slice(dot + 1);
+    if (input.binding === undefined || !secretMatches(input.binding, hashSecret(secret))) return this.#refuse(tenant, source, 'other_browser');
     const now = this.#clock.now();
     const certificates = certificatesValidAt(settings.idpCertificates, now);
     if (certificates.length === 0) return this.#refuse(tenant, source, 'no_valid_certificate');
     // Used up now, whatever follows: two submissions of one response cannot both get this far.
     const request = await this.#storage
       .tenant(tenant.id)
-      .transaction((db) => db.deleteFrom('saml_requests').where('relay_hash', '=', hashSecret(input.relayState.slice(dot + 1))).returningAll().executeTakeFirst());
+      .transaction((db) => db.deleteFrom('saml_requests').where('relay_hash', '=', hashSecret(secret)).returningAll().executeTakeFirst());
     if (!request || request.expires_at <= now) return this.#refuse(tenant, source, 'unknown_request');
 
     const cache: CacheProvider = {

@@ -7,6 +7,7 @@ import { CustosError } from '../../core/errors.js';
 import type { TenantDB } from '../../storage/schema.js';
 import type { Storage } from '../../storage/storage.js';
 import { authorize, type AuthContext } from '../authorize.js';
+import { ALL_PERMISSIONS } from '../permissions.js';
 
 /** A tenant's SAML 2.0 identity provider, as an Account Administrator configures it. */
 export interface SamlSettings {
@@ -143,6 +144,10 @@ export class SamlSettingsService {
 
   async put(auth: AuthContext, tenant: { id: string; name: string }, input: unknown): Promise<SamlSettings & { serviceProvider: SamlServiceProvider }> {
     authorize(auth, 'account.admin');
+    // The IdP configured here can sign in as any console user of the tenant: only an administrator who holds every
+    // permission may choose it (as nobody may act on a user holding a permission they lack).
+    const missing = ALL_PERMISSIONS.filter((p) => !auth.permissions.has(p));
+    if (missing.length > 0) throw new CustosError('forbidden', `single sign-on can sign in as any console user: configuring it needs every permission (missing: ${missing.join(', ')})`);
     const after = checkSamlSettings(input, this.#clock.now());
     await this.#storage.tenant(tenant.id).transaction(async (db) => {
       const before = await readSamlSettings(db);
