@@ -5,10 +5,14 @@ import type { Runtime } from '../../runtime.js';
 import { authOf, sourceOf, tenantOf } from '../plugins/tenant-binding.js';
 import { Problems, adminRoute } from './admin-schemas.js';
 import { SAML_REQUEST_MS, SAML_STATE_COOKIE } from '../../iam/sso/saml-service.js';
+import { SAML_ACS_PATH } from '../../iam/sso/saml-settings.js';
 import { sendSignIn } from './auth.js';
 
-/** The ACS's path: the browser-binding cookie is sent there only. */
-const ACS_PATH = '/api/v1/auth/sso/saml/acs';
+/**
+ * The browser-binding cookie: sent back only to the ACS, and only with the IdP's cross-site form post, hence
+ * SameSite=None (Secure, HttpOnly).
+ */
+const STATE_COOKIE = { path: SAML_ACS_PATH, httpOnly: true, secure: true, sameSite: 'none' } as const;
 
 const TenantName = Type.String({ minLength: 3, maxLength: 63, pattern: '^[a-z0-9][a-z0-9-]*[a-z0-9]$', description: 'Tenant name' });
 const PublicProblems = { 400: { $ref: 'Problem#' }, 401: { $ref: 'Problem#' }, 403: { $ref: 'Problem#' }, 404: { $ref: 'Problem#' } };
@@ -68,8 +72,7 @@ export function samlRoutes(app: FastifyInstance, rt: Runtime): void {
     },
     async (request, reply) => {
       const { url, binding } = await rt.saml.startLogin(tenantOf(request));
-      // Sent back only with the IdP's cross-site form post to the ACS, hence SameSite=None (Secure, HttpOnly, 10 minutes).
-      reply.setCookie(SAML_STATE_COOKIE, binding, { path: ACS_PATH, httpOnly: true, secure: true, sameSite: 'none', maxAge: SAML_REQUEST_MS / 1000 });
+      reply.setCookie(SAML_STATE_COOKIE, binding, { ...STATE_COOKIE, maxAge: SAML_REQUEST_MS / 1000 });
       return reply.header('cache-control', 'no-store').redirect(url, 302);
     },
   );
@@ -117,7 +120,7 @@ export function samlRoutes(app: FastifyInstance, rt: Runtime): void {
       async (request, reply) => {
         const body = request.body as { SAMLResponse: string; RelayState: string };
         const binding = request.cookies?.[SAML_STATE_COOKIE];
-        reply.clearCookie(SAML_STATE_COOKIE, { path: ACS_PATH, httpOnly: true, secure: true, sameSite: 'none' });
+        reply.clearCookie(SAML_STATE_COOKIE, STATE_COOKIE);
         const result = await rt.saml.consume(tenantOf(request), { samlResponse: body.SAMLResponse, relayState: body.RelayState, binding }, sourceOf(request));
         return sendSignIn(rt, request, reply, result);
       },

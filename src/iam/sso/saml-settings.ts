@@ -107,9 +107,12 @@ export interface SamlServiceProvider {
   acsUrl: string;
 }
 
+/** The assertion consumer service's path, shared by every tenant (the tenant travels in RelayState). */
+export const SAML_ACS_PATH = '/api/v1/auth/sso/saml/acs';
+
 export function serviceProvider(publicUrl: string, tenantName: string): SamlServiceProvider {
   const base = publicUrl.replace(/\/+$/, '');
-  return { entityId: `${base}/saml/sp/${tenantName}`, acsUrl: `${base}/api/v1/auth/sso/saml/acs` };
+  return { entityId: `${base}/saml/sp/${tenantName}`, acsUrl: `${base}${SAML_ACS_PATH}` };
 }
 
 /**
